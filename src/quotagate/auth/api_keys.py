@@ -1,0 +1,85 @@
+"""Authenticate API keys against the database, with an in-process cache.
+
+A hot key costs one HMAC and a dict lookup, no query. The cache TTL bounds how long a
+revoked key may still pass on a running instance. Unknown key ids are cached too (as
+misses) so a flood of made-up keys costs one query per id, and the cache is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from hmac import compare_digest
+
+from quotagate.auth.keys import hash_key, parse_key_id
+from quotagate.auth.principal import Principal
+from quotagate.db.repo import Database, KeyRow
+from quotagate.errors import AuthenticationFailed, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+_MAX_ENTRIES = 100_000
+
+
+@dataclass(slots=True, frozen=True)
+class _Entry:
+    key_hash: str | None  # None: no usable key with this id (unknown, revoked, suspended)
+    principal: Principal | None
+    expires_at: float
+
+
+def _principal(row: KeyRow) -> Principal:
+    return Principal(row.tenant_id, row.tenant_name, row.id, row.user_id or row.id, row.plan)
+
+
+def _usable(row: KeyRow | None) -> bool:
+    return row is not None and row.revoked_at is None and row.tenant_status == "active"
+
+
+class KeyAuthenticator:
+    def __init__(
+        self,
+        db: Database,
+        secret: bytes,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self._secret = secret
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: dict[str, _Entry] = {}
+
+    async def authenticate(self, plaintext: str) -> Principal:
+        key_id = parse_key_id(plaintext)
+        if key_id is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        entry = self._cache.get(key_id)
+        if entry is None or entry.expires_at < self._clock():
+            entry = await self._load(key_id)
+        if entry.key_hash is None or entry.principal is None:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        # compare_digest: constant time in the secret part of the key.
+        if not compare_digest(hash_key(self._secret, plaintext), entry.key_hash):
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return entry.principal
+
+    async def _load(self, key_id: str) -> _Entry:
+        try:
+            row = await self._db.find_key(key_id)
+        except Exception as exc:  # the driver's errors vary; all mean "cannot check now"
+            log.warning("key lookup failed: %s", type(exc).__name__)
+            raise ServiceUnavailable("Cannot verify the API key right now.") from exc
+        if row is not None and _usable(row):
+            entry = _Entry(row.key_hash, _principal(row), self._clock() + self._ttl)
+        else:
+            entry = _Entry(None, None, self._clock() + self._ttl)
+        if len(self._cache) >= _MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[key_id] = entry
+        return entry
+
+    def forget(self, key_id: str) -> None:
+        """Drop one cached key (revocation reaches this instance at once)."""
+        self._cache.pop(key_id, None)

@@ -1,0 +1,51 @@
+"""API keys: ``qg-<key id>_<secret>``, shown once, stored as HMAC-SHA256.
+
+The key id (12 hex characters) is visible and indexes the database row; the whole
+key is hashed under the server secret, so a database dump reveals no usable key and
+a guessed id is worthless without the secret part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+PREFIX = "qg-"
+_ID_LEN = 12
+_SEP_AT = len(PREFIX) + _ID_LEN
+_HEX = frozenset("0123456789abcdef")
+# Anything longer is not one of our keys: refuse before hashing attacker-sized input.
+MAX_KEY_LEN = 128
+
+
+def generate_key() -> tuple[str, str]:
+    """A new ``(key_id, plaintext)`` pair."""
+    key_id = secrets.token_hex(_ID_LEN // 2)
+    return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def parse_key_id(plaintext: str) -> str | None:
+    """The key id inside ``plaintext``, or None when it is not shaped like our key."""
+    if (
+        len(plaintext) <= _SEP_AT + 1
+        or len(plaintext) > MAX_KEY_LEN
+        or not plaintext.startswith(PREFIX)
+        or plaintext[_SEP_AT] != "_"
+    ):
+        return None
+    key_id = plaintext[len(PREFIX) : _SEP_AT]
+    return key_id if _HEX.issuperset(key_id) else None
+
+
+def hash_key(secret: bytes, plaintext: str) -> str:
+    return hmac.new(secret, plaintext.encode(), hashlib.sha256).hexdigest()
+
+
+def verify_key(secret: bytes, plaintext: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_key(secret, plaintext), stored_hash)
+
+
+def display_prefix(key_id: str) -> str:
+    """What listings show of a key: enough to recognise it, never enough to use it."""
+    return f"{PREFIX}{key_id}_…"

@@ -1,0 +1,262 @@
+"""The ``quotagate`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from quotagate.config.loader import load_policy
+from quotagate.config.schema import Policy
+from quotagate.db.repo import Database, DatabaseError
+from quotagate.errors import ConfigError
+from quotagate.settings import Settings
+
+app = typer.Typer(help="quotagate: an API gateway for AI model endpoints.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+config_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(keys_app, name="keys")
+app.add_typer(config_app, name="config")
+err = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="Policy file (default: $QUOTAGATE_CONFIG, else bundled)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _policy(settings: Settings) -> Policy:
+    try:
+        return load_policy(settings.config_path)
+    except ConfigError as exc:
+        err.print(f"[red]invalid policy[/red] {settings.config_path or '(bundled)'}:\n{exc}")
+        raise typer.Exit(2) from None
+
+
+def _with_db(config: str | None, action: Callable[[Database, Policy, Settings], Awaitable[T]]) -> T:
+    settings = Settings.from_env(config)
+    policy = _policy(settings)
+
+    async def run() -> T:
+        db = Database(policy.database.url, policy.database.schema_name)
+        try:
+            await db.create_schema()
+            return await action(db, policy, settings)
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(run())
+    except DatabaseError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT (overrides the policy).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the gateway (the bundled default policy when no --config is given)."""
+    from quotagate.quickstart import announce
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    settings = Settings.from_env(config)
+    policy = _policy(settings)
+    from quotagate.server import run_gateway
+
+    on_ready = announce(policy, settings, listen) if settings.config_path is None else None
+    run_gateway(policy, settings, listen, log_level="warning", on_ready=on_ready)
+
+
+@app.command("mock-llm")
+def mock_llm(
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:9000",
+    ttft_ms: Annotated[float, typer.Option(help="Time to first token, ms.")] = 0.0,
+    tokens_per_second: Annotated[float, typer.Option(help="Output speed; 0 = instant.")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="Fraction of requests that fail.")] = 0.0,
+    error_status: Annotated[int, typer.Option(help="Status of injected failures.")] = 500,
+    hang_rate: Annotated[float, typer.Option(help="Fraction of requests never answered.")] = 0.0,
+    drop_rate: Annotated[float, typer.Option(help="Fraction of streams cut mid-way.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for the fault dice.")] = 0,
+) -> None:
+    """Run the OpenAI-compatible mock LLM upstream (for demos, tests, benchmarks)."""
+    from quotagate.mock_llm import MockSettings, run
+    from quotagate.server import split_listen
+
+    host, port = split_listen(listen)
+    run(
+        MockSettings(
+            host=host,
+            port=port,
+            ttft_ms=ttft_ms,
+            tokens_per_second=tokens_per_second,
+            error_rate=error_rate,
+            error_status=error_status,
+            hang_rate=hang_rate,
+            drop_rate=drop_rate,
+            seed=seed,
+        )
+    )
+
+
+@app.command()
+def demo() -> None:
+    """Start a mock LLM and a gateway, and play the seed scenarios against them."""
+    from quotagate.demo import run_demo
+
+    raise typer.Exit(run_demo())
+
+
+@tenants_app.command("create")
+def tenants_create(
+    name: str,
+    plan: Annotated[str, typer.Option(help="A plan defined in the policy.")],
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a tenant on a plan."""
+
+    async def action(db: Database, policy: Policy, _: Settings) -> None:
+        if plan not in policy.plans:
+            raise DatabaseError(
+                f"no plan {plan!r} in the policy (plans: {', '.join(policy.plans)})"
+            )
+        row = await db.create_tenant(name, plan)
+        if as_json:
+            typer.echo(json.dumps({"id": row.id, "name": row.name, "plan": row.plan}))
+        else:
+            typer.echo(f"created tenant {row.name} ({row.id}) on plan {row.plan}")
+
+    _with_db(config, action)
+
+
+@tenants_app.command("list")
+def tenants_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List tenants."""
+
+    async def action(db: Database, _: Policy, __: Settings) -> None:
+        rows = await db.list_tenants()
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    [{"id": r.id, "name": r.name, "plan": r.plan, "status": r.status} for r in rows]
+                )
+            )
+            return
+        table = Table("name", "id", "plan", "status", "created")
+        for r in rows:
+            table.add_row(
+                r.name, r.id, r.plan, r.status, r.created_at.isoformat(timespec="seconds")
+            )
+        Console().print(table)
+
+    _with_db(config, action)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key belongs to.")],
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+    user: Annotated[str | None, typer.Option(help="The user this key acts for.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key. It is printed once, alone on the last line; store it now."""
+
+    async def action(db: Database, _: Policy, settings: Settings) -> None:
+        key_id, plaintext = await db.create_key(tenant, settings.server_secret(), name, user)
+        if as_json:
+            typer.echo(json.dumps({"key_id": key_id, "tenant": tenant, "key": plaintext}))
+        else:
+            err.print(f"key {key_id} for tenant {tenant} (shown once):")
+            typer.echo(plaintext)
+
+    _with_db(config, action)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List keys (ids and state; never the keys themselves)."""
+    from quotagate.auth.keys import display_prefix
+
+    async def action(db: Database, _: Policy, __: Settings) -> None:
+        rows = await db.list_keys(tenant)
+        items = [
+            {
+                "key_id": r.id,
+                "prefix": display_prefix(r.id),
+                "tenant": r.tenant_name,
+                "name": r.name,
+                "user": r.user_id,
+                "created_at": r.created_at.isoformat(timespec="seconds"),
+                "revoked_at": r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else None,
+            }
+            for r in rows
+        ]
+        if as_json:
+            typer.echo(json.dumps(items))
+            return
+        table = Table("key id", "prefix", "tenant", "name", "created", "revoked")
+        for i in items:
+            table.add_row(
+                i["key_id"],
+                i["prefix"],
+                i["tenant"],
+                i["name"] or "",
+                i["created_at"],
+                i["revoked_at"] or "",
+            )
+        Console().print(table)
+
+    _with_db(config, action)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
+    """Revoke a key by its id. Running gateways refuse it within auth.key_cache_ttl."""
+
+    async def action(db: Database, _: Policy, __: Settings) -> None:
+        await db.revoke_key(key_id)
+        typer.echo(f"revoked key {key_id}")
+
+    _with_db(config, action)
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[
+        str | None, typer.Argument(help="Policy file (default: the bundled one).")
+    ] = None,
+) -> None:
+    """Validate a policy file offline; exits non-zero and names every bad field."""
+    try:
+        policy = load_policy(file)
+    except ConfigError as exc:
+        err.print(f"[red]invalid[/red] {file or '(bundled default)'}:")
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"ok: {file or '(bundled default)'}: {len(policy.models)} models, {len(policy.plans)} plans"
+    )
+
+
+def main() -> None:
+    app()

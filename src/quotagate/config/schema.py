@@ -1,0 +1,149 @@
+"""The policy file's schema: pydantic v2 models, frozen once validated.
+
+Unknown keys are refused so a typo (``limit:`` for ``limits:``) is an error that names
+the field, not a silently ignored line.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from quotagate.config.durations import Duration
+
+SCOPES = ("global", "ip", "tenant", "key", "user", "model", "route")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid listen address {value!r}: expected HOST:PORT")
+    return value
+
+
+class ServerConfig(Frozen):
+    listen: str = "127.0.0.1:8080"
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    _listen = field_validator("listen")(_check_listen)
+
+
+class StoreConfig(Frozen):
+    url: str = "memory://"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if value.split("://", 1)[0] != "memory":
+            raise ValueError(f"unsupported store {value!r}: this build supports memory://")
+        return value
+
+
+class DatabaseConfig(Frozen):
+    url: str = "sqlite+aiosqlite:///./data/quotagate.db"
+    # PostgreSQL only: the schema (search_path) quotagate's tables live in.
+    schema_name: str | None = Field(default=None, alias="schema")
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                f"unsupported database {value.split('://', 1)[0]!r}: "
+                "use sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
+
+
+class AuthConfig(Frozen):
+    # How long a verified key stays cached in-process: the upper bound on how long a
+    # revoked key may still be accepted by a running gateway.
+    key_cache_ttl: Duration = 5.0
+
+
+class Price(Frozen):
+    input_per_1m: float = Field(default=0.0, ge=0)
+    output_per_1m: float = Field(default=0.0, ge=0)
+
+
+class Timeouts(Frozen):
+    connect: Duration = 2.0
+    first_byte: Duration = 60.0
+    total: Duration = 600.0
+
+
+class Deployment(Frozen):
+    url: str
+    region: str = "default"
+    weight: int = Field(default=1, ge=1)
+    # The upstream credential is read from this environment variable, never from a request.
+    api_key_env: str | None = None
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"invalid upstream url {value!r}: expected http:// or https://")
+        return value.rstrip("/")
+
+
+class Model(Frozen):
+    price: Price = Price()
+    deployments: list[Deployment] = Field(min_length=1)
+
+
+class LimitRule(Frozen):
+    scope: str | list[str] = "key"
+    requests: int | None = Field(default=None, gt=0)
+    per: Duration
+    burst: int | None = Field(default=None, gt=0)
+
+    @field_validator("scope")
+    @classmethod
+    def _known_scopes(cls, value: str | list[str]) -> str | list[str]:
+        for scope in [value] if isinstance(value, str) else value:
+            if scope not in SCOPES:
+                raise ValueError(f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> LimitRule:
+        if self.requests is None:
+            raise ValueError("a limit needs an amount: requests")
+        return self
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return (self.scope,) if isinstance(self.scope, str) else tuple(self.scope)
+
+
+class Plan(Frozen):
+    models: list[str] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    # Above the cap: lower max_tokens to the cap (clamp) or refuse the request (reject).
+    max_tokens_policy: Literal["clamp", "reject"] = "clamp"
+    limits: list[LimitRule] = []
+
+
+class EmbeddedMock(Frozen):
+    """Run the built-in mock LLM inside ``serve`` (the bundled default does)."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:9000"
+    _listen = field_validator("listen")(_check_listen)
+
+
+class Policy(Frozen):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    auth: AuthConfig = AuthConfig()
+    models: dict[str, Model] = Field(min_length=1)
+    plans: dict[str, Plan] = Field(min_length=1)
+    global_limits: list[LimitRule] = []
+    mock_llm: EmbeddedMock = EmbeddedMock()

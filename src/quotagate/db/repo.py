@@ -1,0 +1,172 @@
+"""Tenants and API keys in SQLite or PostgreSQL (SQLAlchemy 2 async Core)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from quotagate.auth.keys import generate_key, hash_key
+from quotagate.db.schema import api_keys, metadata, tenants
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class DatabaseError(Exception):
+    """A repository operation failed; the message is safe to show an operator."""
+
+
+@dataclass(slots=True, frozen=True)
+class TenantRow:
+    id: str
+    name: str
+    plan: str
+    status: str
+    created_at: datetime
+
+
+@dataclass(slots=True, frozen=True)
+class KeyRow:
+    id: str
+    tenant_id: str
+    tenant_name: str
+    plan: str
+    tenant_status: str
+    name: str | None
+    user_id: str | None
+    key_hash: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _engine(url: str, schema: str | None) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        return create_async_engine(url)
+    args: dict[str, Any] = {}
+    if schema:
+        if not _SCHEMA_NAME.match(schema):
+            raise DatabaseError(f"invalid schema name {schema!r}")
+        args["server_settings"] = {"search_path": schema}
+    return create_async_engine(url, connect_args=args, pool_pre_ping=True)
+
+
+class Database:
+    def __init__(self, url: str, schema: str | None = None) -> None:
+        self.schema = schema
+        self.engine = _engine(url, schema)
+
+    async def create_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            if self.schema:
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+            await conn.run_sync(metadata.create_all)
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def create_tenant(self, name: str, plan: str) -> TenantRow:
+        row = TenantRow(secrets.token_hex(8), name, plan, "active", _now())
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(tenants.insert().values(**_as_dict(row)))
+        except IntegrityError as exc:
+            raise DatabaseError(f"tenant {name!r} already exists") from exc
+        return row
+
+    async def list_tenants(self) -> list[TenantRow]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(select(tenants).order_by(tenants.c.name))
+            return [TenantRow(**r._mapping) for r in result]
+
+    async def get_tenant(self, name: str) -> TenantRow:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(select(tenants).where(tenants.c.name == name))
+            row = result.first()
+        if row is None:
+            raise DatabaseError(f"no tenant named {name!r}")
+        return TenantRow(**row._mapping)
+
+    async def create_key(
+        self, tenant_name: str, secret: bytes, name: str | None = None, user: str | None = None
+    ) -> tuple[str, str]:
+        """Create a key for ``tenant_name``; returns ``(key_id, plaintext)``, shown once."""
+        tenant = await self.get_tenant(tenant_name)
+        key_id, plaintext = generate_key()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key_id,
+                    tenant_id=tenant.id,
+                    name=name,
+                    user_id=user,
+                    key_hash=hash_key(secret, plaintext),
+                    created_at=_now(),
+                )
+            )
+        return key_id, plaintext
+
+    async def list_keys(self, tenant_name: str | None = None) -> list[KeyRow]:
+        query = _key_query()
+        if tenant_name is not None:
+            query = query.where(tenants.c.name == tenant_name)
+        async with self.engine.connect() as conn:
+            result = await conn.execute(query.order_by(api_keys.c.created_at))
+            return [KeyRow(**r._mapping) for r in result]
+
+    async def find_key(self, key_id: str) -> KeyRow | None:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(_key_query().where(api_keys.c.id == key_id))
+            row = result.first()
+        return None if row is None else KeyRow(**row._mapping)
+
+    async def revoke_key(self, key_id: str) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=_now())
+            )
+        if result.rowcount == 0:
+            raise DatabaseError(f"no active key with id {key_id!r}")
+
+
+def _as_dict(row: TenantRow) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in TenantRow.__dataclass_fields__}
+
+
+def _key_query() -> Any:
+    return select(
+        api_keys.c.id,
+        api_keys.c.tenant_id,
+        tenants.c.name.label("tenant_name"),
+        tenants.c.plan,
+        tenants.c.status.label("tenant_status"),
+        api_keys.c.name,
+        api_keys.c.user_id,
+        api_keys.c.key_hash,
+        api_keys.c.created_at,
+        api_keys.c.revoked_at,
+    ).join(tenants, tenants.c.id == api_keys.c.tenant_id)

@@ -1,0 +1,120 @@
+"""The gateway's one error tree.
+
+Every failure a client can see is a ``GatewayError``; third-party exceptions are
+translated once, where they enter, into the most specific class below. The runner
+(``pipeline.runner``) is the single place that turns these into HTTP responses.
+
+    GatewayError                      500 internal_error
+    ├── BadRequest                    400 invalid_request_error
+    │   └── PayloadTooLarge           413
+    ├── AuthenticationFailed          401 invalid_api_key
+    ├── PermissionDenied              403 model_not_allowed / max_tokens_exceeded
+    ├── NotFound                      404 model_not_found / not_found
+    ├── MethodNotAllowed              405
+    ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
+    ├── ServiceUnavailable            503 (store or database down and policy is closed)
+    └── UpstreamError                 502 upstream_error
+        ├── UpstreamUnavailable       502 (connect refused / reset)
+        └── UpstreamTimeout           504 upstream_timeout
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a client."""
+
+    status: int = 500
+    error_type: str = "internal_error"
+    code: str | None = "internal_error"
+    decision: str = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.headers = headers or []
+
+
+class BadRequest(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+    decision = "bad_request"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    code = "payload_too_large"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+    decision = "denied_auth"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    error_type = "invalid_request_error"
+    code = "model_not_allowed"
+    decision = "denied_plan"
+
+
+class NotFound(GatewayError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+    decision = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+    decision = "bad_request"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+    decision = "rate_limited"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    error_type = "service_unavailable"
+    code = "service_unavailable"
+    decision = "unavailable"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+    decision = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+    decision = "upstream_timeout"
+
+
+class ConfigError(Exception):
+    """A policy file that cannot be used; ``str()`` names the bad field and why."""

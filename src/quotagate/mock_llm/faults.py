@@ -1,0 +1,67 @@
+"""Which fault, if any, a request gets: its directives first, then the random rates."""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+
+from .directives import Directives
+from .settings import MockSettings
+
+
+class Fault(enum.Enum):
+    NONE = "none"
+    ERROR = "error"
+    HANG = "hang"
+    DROP = "drop"
+
+
+@dataclass(slots=True, frozen=True)
+class FaultPlan:
+    """The fault chosen for one request; ``status``/``retry_after`` only for errors."""
+
+    fault: Fault
+    status: int = 0
+    retry_after: str | None = None
+
+
+NO_FAULT = FaultPlan(Fault.NONE)
+HANG = FaultPlan(Fault.HANG)
+DROP = FaultPlan(Fault.DROP)
+
+
+def choose_fault(directives: Directives, settings: MockSettings, rng: random.Random) -> FaultPlan:
+    """A directive always wins; otherwise each non-zero rate is drawn in a fixed order."""
+    if directives.hang:
+        return HANG
+    if directives.error_status is not None:
+        return FaultPlan(Fault.ERROR, directives.error_status, directives.retry_after)
+    if directives.drop:
+        return DROP
+    return _draw(settings, rng)
+
+
+def _draw(settings: MockSettings, rng: random.Random) -> FaultPlan:
+    # Zero rates draw nothing, so a seeded run's sequence depends only on the rates in use.
+    if settings.error_rate > 0 and rng.random() < settings.error_rate:
+        return FaultPlan(Fault.ERROR, settings.error_status)
+    if settings.hang_rate > 0 and rng.random() < settings.hang_rate:
+        return HANG
+    if settings.drop_rate > 0 and rng.random() < settings.drop_rate:
+        return DROP
+    return NO_FAULT
+
+
+@dataclass(slots=True)
+class MockStats:
+    """Counters over ``/v1`` requests, served by ``GET /_mock/stats``.
+
+    ``errors`` counts every ``/v1`` answer with status >= 400, injected or not.
+    """
+
+    requests: int = 0
+    errors: int = 0
+    hangs: int = 0
+    drops: int = 0
+    in_flight: int = 0

@@ -1,0 +1,26 @@
+"""Every Prometheus metric quotagate exports, declared here with fixed label sets.
+
+Labels are bounded: endpoint and decision come from fixed vocabularies, status is an
+HTTP status code, model is a name from the policy's catalog (or ``unknown``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter(
+    "quotagate_requests",
+    "Requests answered, by endpoint, model, status and decision.",
+    ("endpoint", "model", "status", "decision"),
+)
+ERRORS = Counter(
+    "quotagate_errors",
+    "Requests answered with an error, by error class.",
+    ("error",),
+)
+REQUEST_SECONDS = Histogram(
+    "quotagate_request_duration_seconds",
+    "Time from request start to the end of the response, by endpoint.",
+    ("endpoint",),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)

@@ -1,0 +1,48 @@
+"""``authorize``: the plan allows this model; ``max_tokens`` within the plan's cap."""
+
+from __future__ import annotations
+
+import orjson
+
+from quotagate.config.snapshot import CompiledPlan
+from quotagate.errors import NotFound, PermissionDenied
+from quotagate.pipeline.context import RequestContext
+from quotagate.pipeline.stage import PolicySource
+
+
+class Authorize:
+    name = "authorize"
+
+    def __init__(self, policy: PolicySource) -> None:
+        self._policy = policy
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        plan: CompiledPlan = ctx.plan
+        if ctx.model not in self._policy.snapshot.catalog:
+            raise NotFound(
+                f"The model '{ctx.model}' does not exist.", code="model_not_found", param="model"
+            )
+        if not plan.allows(ctx.model):
+            raise PermissionDenied(
+                f"Your plan '{plan.name}' does not include the model '{ctx.model}'.",
+                param="model",
+            )
+        if plan.max_tokens is not None and ctx.endpoint.generates:
+            self._cap_max_tokens(ctx, plan.max_tokens, plan.reject_over_max)
+
+    @staticmethod
+    def _cap_max_tokens(ctx: RequestContext, cap: int, reject: bool) -> None:
+        if ctx.max_tokens is not None and ctx.max_tokens <= cap:
+            return
+        if ctx.max_tokens is not None and reject:
+            raise PermissionDenied(
+                f"max_tokens {ctx.max_tokens} is above your plan's cap of {cap}.",
+                code="max_tokens_exceeded",
+                param="max_tokens",
+            )
+        # Clamp (or fill in the plan's cap when the request names none): the body is
+        # re-encoded only in this case; otherwise the client's bytes go upstream as sent.
+        field = "max_completion_tokens" if "max_completion_tokens" in ctx.payload else "max_tokens"
+        ctx.payload[field] = cap
+        ctx.max_tokens = cap
+        ctx.body = orjson.dumps(ctx.payload)

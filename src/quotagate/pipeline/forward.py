@@ -1,0 +1,119 @@
+"""``forward``: send the request upstream and pass the answer back.
+
+JSON answers are read whole and sent with a content-length; SSE streams are passed
+through chunk by chunk as they arrive, never buffered. Once the first byte has gone
+to the client a failure can no longer change the status, so it is reported in-band
+as an SSE error event and the stream is ended cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+import aiohttp
+import orjson
+
+from quotagate.errors import GatewayError, UpstreamError
+from quotagate.pipeline.context import Headers, RequestContext
+from quotagate.upstream.client import translate
+
+log = logging.getLogger(__name__)
+
+# Upstream response headers a client may see; everything else (hop-by-hop, the
+# upstream's own rate-limit and request-id headers) stays behind.
+_PASS = frozenset({"content-type", "content-encoding", "openai-processing-ms", "openai-version"})
+
+
+def _passed_headers(resp: aiohttp.ClientResponse) -> Headers:
+    return [(k.lower().encode(), v.encode()) for k, v in resp.headers.items() if k.lower() in _PASS]
+
+
+def sse_error(exc: GatewayError) -> bytes:
+    error = {"message": exc.message, "type": exc.error_type, "param": None, "code": exc.code}
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
+class SessionSource(Protocol):
+    session: aiohttp.ClientSession | None
+
+
+class Forward:
+    name = "forward"
+
+    def __init__(self, sessions: SessionSource) -> None:
+        self._sessions = sessions
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        target = ctx.target
+        assert target is not None, "forward runs after route"
+        session = self._sessions.session
+        assert session is not None, "the gateway has started"
+        headers = dict(target.headers)
+        headers["x-request-id"] = ctx.request_id
+        url = target.base_url + ctx.endpoint.upstream_path
+        try:
+            resp = await session.post(url, data=ctx.body, headers=headers, timeout=target.timeout)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise translate(exc, ctx.model) from exc
+        try:
+            await self._relay(ctx, resp)
+        finally:
+            resp.release()
+
+    async def _relay(self, ctx: RequestContext, resp: aiohttp.ClientResponse) -> None:
+        if resp.status >= 500:
+            raise UpstreamError(f"The model server for {ctx.model} answered {resp.status}.")
+        headers = _passed_headers(resp)
+        if resp.content_type == "text/event-stream":
+            await self._stream(ctx, resp, headers)
+            return
+        try:
+            body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise translate(exc, ctx.model) from exc
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self._start(ctx, resp.status, headers)
+        await ctx.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _start(self, ctx: RequestContext, status: int, headers: Headers) -> None:
+        headers.append((b"x-request-id", ctx.request_id.encode()))
+        headers.extend(ctx.response_headers)
+        ctx.status = status
+        ctx.response_started = True
+        await ctx.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _stream(
+        self, ctx: RequestContext, resp: aiohttp.ClientResponse, headers: Headers
+    ) -> None:
+        headers.append((b"cache-control", b"no-cache"))
+        await self._start(ctx, resp.status, headers)
+        # Watch for the client leaving so an abandoned stream stops pulling upstream.
+        pump = asyncio.ensure_future(self._pump(ctx, resp))
+        gone = asyncio.ensure_future(_disconnected(ctx))
+        done, _ = await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+        if gone in done:
+            pump.cancel()
+            ctx.decision = "client_disconnected"
+            await asyncio.gather(pump, return_exceptions=True)
+            return
+        gone.cancel()
+        await pump
+
+    async def _pump(self, ctx: RequestContext, resp: aiohttp.ClientResponse) -> None:
+        send = ctx.send
+        try:
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = translate(exc, ctx.model)
+            ctx.decision = error.decision
+            log.warning("stream %s broke: %s", ctx.request_id, error.message)
+            await send({"type": "http.response.body", "body": sse_error(error), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _disconnected(ctx: RequestContext) -> None:
+    while (await ctx.receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,67 @@
+"""``parse``: read the body under the size cap, parse JSON, pick out what routing needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from quotagate.errors import BadRequest, PayloadTooLarge
+from quotagate.pipeline.context import RequestContext
+from quotagate.pipeline.stage import PolicySource
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the request was read; nothing to answer."""
+
+
+async def read_body(ctx: RequestContext, cap: int) -> bytes:
+    if ctx.content_length > cap:
+        raise PayloadTooLarge(f"Request body is larger than the limit of {cap} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await ctx.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > cap:  # enforced while reading: a lying or absent content-length
+            raise PayloadTooLarge(f"Request body is larger than the limit of {cap} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _max_tokens(payload: dict[str, Any]) -> int | None:
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadRequest(f"'{field}' must be a positive integer.", param=field)
+        return value
+    return None
+
+
+class Parse:
+    name = "parse"
+
+    def __init__(self, policy: PolicySource) -> None:
+        self._policy = policy
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        ctx.body = await read_body(ctx, self._policy.snapshot.policy.server.max_body_bytes)
+        try:
+            payload = orjson.loads(ctx.body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"The request body is not valid JSON: {exc.msg}.") from None
+        if not isinstance(payload, dict):
+            raise BadRequest("The request body must be a JSON object.")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("You must provide a model parameter.", param="model")
+        ctx.payload = payload
+        ctx.model = model
+        ctx.stream = payload.get("stream") is True
+        ctx.max_tokens = _max_tokens(payload)

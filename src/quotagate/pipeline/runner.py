@@ -1,0 +1,61 @@
+"""The runner: stages in order, and the one error boundary of the request path.
+
+Gateway errors become OpenAI-shaped responses; anything else is a bug: logged with its
+traceback, answered 500 with no internals. Every outcome is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from quotagate.errors import GatewayError
+from quotagate.observability.metrics import ERRORS, REQUEST_SECONDS, REQUESTS
+from quotagate.pipeline.context import RequestContext
+from quotagate.pipeline.parse import ClientDisconnected
+from quotagate.pipeline.responses import send_error
+from quotagate.pipeline.stage import Stage
+
+log = logging.getLogger("quotagate.requests")
+
+
+class Pipeline:
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = tuple(stages)
+        self.names = tuple(stage.name for stage in stages)
+
+    async def run(self, ctx: RequestContext) -> None:
+        started = time.perf_counter()
+        try:
+            for stage in self.stages:
+                await stage(ctx)
+        except GatewayError as exc:
+            await self._refuse(ctx, exc)
+        except ClientDisconnected:
+            ctx.decision = "client_disconnected"
+        except Exception:
+            log.exception("unexpected error in request %s", ctx.request_id)
+            await self._refuse(ctx, GatewayError("The gateway failed to handle the request."))
+        finally:
+            self._observe(ctx, started)
+
+    @staticmethod
+    async def _refuse(ctx: RequestContext, exc: GatewayError) -> None:
+        ERRORS.labels(type(exc).__name__).inc()
+        if exc.status >= 500:
+            log.warning("request %s: %s %s", ctx.request_id, exc.status, exc.message)
+        elif exc.status in (400, 413):
+            log.info("request %s: %s %s", ctx.request_id, exc.status, exc.message)
+        else:  # 401/403/404/429 come in floods under attack: keep them out of INFO
+            log.debug("request %s: %s %s", ctx.request_id, exc.status, exc.message)
+        if ctx.response_started:
+            return  # the status has gone out; the stage already ended the stream in-band
+        await send_error(ctx, exc)
+
+    @staticmethod
+    def _observe(ctx: RequestContext, started: float) -> None:
+        endpoint = ctx.endpoint.name
+        model = ctx.model if ctx.target is not None else "unknown"
+        REQUESTS.labels(endpoint, model, str(ctx.status), ctx.decision).inc()
+        REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)

@@ -1,0 +1,67 @@
+"""The embedded default's first-run experience: a working key and examples to paste.
+
+Each ``serve`` on the bundled policy issues a fresh key for the ``quickstart`` tenant
+(plan ``pro``) and revokes the previous one, so the printed key always works and no
+key is ever printed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.panel import Panel
+
+from quotagate.config.schema import Policy
+from quotagate.db.repo import Database, DatabaseError
+from quotagate.settings import Settings
+
+TENANT = "quickstart"
+
+
+async def _fresh_key(policy: Policy, settings: Settings) -> str:
+    db = Database(policy.database.url, policy.database.schema_name)
+    try:
+        await db.create_schema()
+        try:
+            await db.get_tenant(TENANT)
+        except DatabaseError:
+            await db.create_tenant(TENANT, "pro")
+        for row in await db.list_keys(TENANT):
+            if row.name == "quickstart" and row.revoked_at is None:
+                await db.revoke_key(row.id)
+        _, plaintext = await db.create_key(TENANT, settings.server_secret(), name="quickstart")
+        return plaintext
+    finally:
+        await db.close()
+
+
+def banner(base_url: str, key: str) -> str:
+    return f"""[bold]quotagate[/bold] is serving on {base_url} (bundled policy, mock LLM upstream)
+
+Tenant [bold]{TENANT}[/bold] (plan pro) has a fresh key, shown once:
+  [green]{key}[/green]
+
+[bold]curl[/bold]
+curl {base_url}/v1/chat/completions \\
+  -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
+  -d '{{"model": "gpt-3.5-turbo", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+[bold]python[/bold] (pip install openai)
+from openai import OpenAI
+client = OpenAI(base_url="{base_url}/v1", api_key="{key}")
+print(client.chat.completions.create(model="gpt-3.5-turbo",
+      messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
+
+Ctrl-C stops the gateway and the mock LLM."""
+
+
+def announce(policy: Policy, settings: Settings, listen: str | None) -> Callable[[], None]:
+    key = asyncio.run(_fresh_key(policy, settings))
+    base_url = f"http://{listen or policy.server.listen}"
+
+    def show() -> None:
+        Console(soft_wrap=True).print(Panel(banner(base_url, key), expand=False), highlight=False)
+
+    return show

@@ -1,0 +1,98 @@
+"""Running the gateway: uvicorn on the policy's listener, plus the embedded mock LLM."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import uvicorn
+import uvloop
+
+from quotagate.app import Gateway, GatewayApp
+from quotagate.config.schema import Policy
+from quotagate.settings import Settings
+
+log = logging.getLogger("quotagate")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def uvicorn_config(app: GatewayApp, listen: str, log_level: str = "warning") -> uvicorn.Config:
+    host, port = split_listen(listen)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        server_header=False,
+    )
+
+
+def wait_http_ok(
+    url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until ``url`` answers 200 (start-up of a child process, not a test)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not become ready within {timeout:g}s")
+
+
+@contextlib.contextmanager
+def embedded_mock(policy: Policy) -> Iterator[None]:
+    """The built-in mock LLM as a child process, when the policy asks for it."""
+    if not policy.mock_llm.enabled:
+        yield
+        return
+    listen = policy.mock_llm.listen
+    cmd = [sys.executable, "-m", "quotagate", "mock-llm", "--listen", listen]
+    proc = subprocess.Popen(cmd)
+    try:
+        wait_http_ok(f"http://{listen}/healthz", proc=proc)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_gateway(
+    policy: Policy,
+    settings: Settings,
+    listen: str | None = None,
+    log_level: str = "warning",
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM. ``on_ready`` runs once the port is bound and the
+    gateway has started (the socket is bound first, so nothing is lost in between)."""
+    app = GatewayApp(Gateway(policy, settings), on_started=on_ready)
+    config = uvicorn_config(app, listen or policy.server.listen, log_level)
+    server = uvicorn.Server(config)
+    try:
+        sock = config.bind_socket()
+    except SystemExit:
+        log.error("cannot listen on %s", listen or policy.server.listen)
+        raise
+    with embedded_mock(policy):
+        uvloop.run(server.serve(sockets=[sock]))
+    if not server.started:
+        raise SystemExit(1)

@@ -1,0 +1,28 @@
+"""Shared fixtures: a mock LLM per session, gateways per test module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import Process, start_mock
+
+
+@pytest.fixture(scope="session")
+def mock_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    proc = start_mock(tmp_path_factory.mktemp("mock"))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream(mock_llm: Process) -> str:
+    """The mock LLM's OpenAI base URL."""
+    return mock_llm.base_url + "/v1"
+
+
+@pytest.fixture
+def tmp_dir(tmp_path: Path) -> Path:
+    return tmp_path
