@@ -93,6 +93,7 @@ def run_gateway(
         log.error("cannot listen on %s", listen or policy.server.listen)
         raise
     with embedded_mock(policy):
+        log.info("quotagate listening on http://%s", listen or policy.server.listen)
         uvloop.run(server.serve(sockets=[sock]))
     if not server.started:
         raise SystemExit(1)

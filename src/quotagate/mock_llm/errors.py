@@ -1,8 +1,8 @@
 """Errors the mock answers with, shaped like OpenAI's.
 
-    MockError            any status, OpenAI-shaped body
-    └── InvalidRequest   400 invalid_request_error
-    DroppedConnection    not an answer: uvicorn closes the socket mid-response
+MockError            any status, OpenAI-shaped body
+└── InvalidRequest   400 invalid_request_error
+DroppedConnection    not an answer: uvicorn closes the socket mid-response
 """
 
 from __future__ import annotations

@@ -25,7 +25,15 @@ _SSE: tuple[tuple[bytes, bytes], ...] = (
 class Exchange:
     """The request as the handlers see it, and the ways they may answer it."""
 
-    __slots__ = ("_watch", "body", "receive", "request_headers", "response_headers", "scope", "send")
+    __slots__ = (
+        "_watch",
+        "body",
+        "receive",
+        "request_headers",
+        "response_headers",
+        "scope",
+        "send",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         self.scope = scope
@@ -36,8 +44,15 @@ class Exchange:
         self.body: object = None
         self._watch: ClientWatch | None = None
 
-    async def send_json(self, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        headers = [_JSON, (b"content-length", str(len(body)).encode()), *self.response_headers, *extra]
+    async def send_json(
+        self, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        headers = [
+            _JSON,
+            (b"content-length", str(len(body)).encode()),
+            *self.response_headers,
+            *extra,
+        ]
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
 
@@ -45,7 +60,9 @@ class Exchange:
         """Promise the whole body, send half, then make the server drop the connection."""
         headers = [_JSON, (b"content-length", str(len(body)).encode()), *self.response_headers]
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+        await self.send(
+            {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
+        )
         raise DroppedConnection("mock dropped the response body")
 
     async def start_stream(self) -> None:

@@ -59,7 +59,9 @@ def read_embedding_request(body: JSONObject) -> EmbeddingRequest:
     dimensions = _optional_int(body, "dimensions", low=1, high=_MAX_DIMENSIONS)
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64", None):
-        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+        raise InvalidRequest(
+            "'encoding_format' must be 'float' or 'base64'", param="encoding_format"
+        )
     return EmbeddingRequest(
         model=_model(body),
         inputs=inputs,
@@ -116,7 +118,9 @@ def _strings(body: JSONObject, name: str) -> tuple[str, ...]:
     raise InvalidRequest(f"'{name}' must be a string or a non-empty array of strings", param=name)
 
 
-def _optional_int(body: JSONObject, name: str, *, low: int = 0, high: int | None = None) -> int | None:
+def _optional_int(
+    body: JSONObject, name: str, *, low: int = 0, high: int | None = None
+) -> int | None:
     value = body.get(name)
     if value is None:
         return None

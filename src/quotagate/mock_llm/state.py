@@ -20,7 +20,9 @@ class RecordedRequest:
     body: object
 
     def as_json(self) -> dict[str, object]:
-        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self.headers}
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1") for name, value in self.headers
+        }
         return {"headers": headers, "body": self.body, "path": self.path}
 
 
