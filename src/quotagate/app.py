@@ -7,9 +7,11 @@ once, whose stage order is the list below.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +19,12 @@ from typing import Any
 import aiohttp
 
 from quotagate.auth.api_keys import KeyAuthenticator
+from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy
 from quotagate.config.snapshot import Snapshot
 from quotagate.db.repo import Database
-from quotagate.errors import MethodNotAllowed, NotFound
+from quotagate.errors import ConfigError, MethodNotAllowed, NotFound
+from quotagate.observability.metrics import RELOADS
 from quotagate.pipeline.authenticate import Authenticate
 from quotagate.pipeline.authorize import Authorize
 from quotagate.pipeline.context import RequestContext
@@ -69,6 +73,8 @@ class Gateway:
     async def start(self) -> None:
         await self.db.create_schema()
         self.session = new_session()
+        if self.settings.config_path is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_from_file)
 
     async def stop(self) -> None:
         if self.session is not None:
@@ -77,8 +83,28 @@ class Gateway:
         await self.db.close()
 
     def reload(self, policy: Policy) -> None:
-        """Swap in a new policy; store and database URLs take effect on restart."""
+        """Swap in a new policy; listener, store and database changes need a restart."""
+        old = self.snapshot.policy
+        for part in ("server", "store", "database"):
+            if getattr(old, part) != getattr(policy, part):
+                log.warning("policy reload: changes to %r take effect on restart", part)
         self.snapshot = Snapshot.compile(policy)
+        self.keys.ttl = policy.auth.key_cache_ttl
+
+    def reload_from_file(self) -> bool:
+        """SIGHUP: re-read the policy file; a bad file is refused and the last good
+        policy keeps serving."""
+        path = self.settings.config_path
+        try:
+            policy = load_policy(path)
+        except ConfigError as exc:
+            RELOADS.labels("refused").inc()
+            log.error("policy reload refused, keeping the running policy: %s", exc)
+            return False
+        self.reload(policy)
+        RELOADS.labels("applied").inc()
+        log.info("policy reloaded from %s", path)
+        return True
 
 
 class Readyz:

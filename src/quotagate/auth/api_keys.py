@@ -47,7 +47,7 @@ class KeyAuthenticator:
     ) -> None:
         self._db = db
         self._secret = secret
-        self._ttl = ttl
+        self.ttl = ttl
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
 
@@ -72,9 +72,9 @@ class KeyAuthenticator:
             log.warning("key lookup failed: %s", type(exc).__name__)
             raise ServiceUnavailable("Cannot verify the API key right now.") from exc
         if row is not None and _usable(row):
-            entry = _Entry(row.key_hash, _principal(row), self._clock() + self._ttl)
+            entry = _Entry(row.key_hash, _principal(row), self._clock() + self.ttl)
         else:
-            entry = _Entry(None, None, self._clock() + self._ttl)
+            entry = _Entry(None, None, self._clock() + self.ttl)
         if len(self._cache) >= _MAX_ENTRIES:
             self._cache.clear()
         self._cache[key_id] = entry

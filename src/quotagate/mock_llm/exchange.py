@@ -13,10 +13,11 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+HeaderTuple = tuple[tuple[bytes, bytes], ...]
 
 # Built once: every JSON answer shares these bytes.
 _JSON = (b"content-type", b"application/json")
-_SSE: tuple[tuple[bytes, bytes], ...] = (
+_SSE: HeaderTuple = (
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache"),
 )
@@ -44,25 +45,17 @@ class Exchange:
         self.body: object = None
         self._watch: ClientWatch | None = None
 
-    async def send_json(
-        self, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
-    ) -> None:
-        headers = [
-            _JSON,
-            (b"content-length", str(len(body)).encode()),
-            *self.response_headers,
-            *extra,
-        ]
+    async def send_json(self, status: int, body: bytes, extra: HeaderTuple = ()) -> None:
+        headers = [*self._json_headers(body), *extra]
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
 
     async def send_truncated_json(self, status: int, body: bytes) -> None:
         """Promise the whole body, send half, then make the server drop the connection."""
-        headers = [_JSON, (b"content-length", str(len(body)).encode()), *self.response_headers]
+        headers = self._json_headers(body)
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
-        await self.send(
-            {"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True}
-        )
+        half = body[: len(body) // 2]
+        await self.send({"type": "http.response.body", "body": half, "more_body": True})
         raise DroppedConnection("mock dropped the response body")
 
     async def start_stream(self) -> None:
@@ -85,6 +78,9 @@ class Exchange:
     def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
+
+    def _json_headers(self, body: bytes) -> Headers:
+        return [_JSON, (b"content-length", b"%d" % len(body)), *self.response_headers]
 
     def _client_watch(self) -> ClientWatch:
         if self._watch is None:

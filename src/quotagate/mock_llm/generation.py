@@ -17,15 +17,17 @@ from dataclasses import dataclass
 
 from .openai_requests import GenerationRequest
 
-_WORDS: tuple[str, ...] = tuple(
-    """
-    the a quota gate model token stream answer request budget limit plan key route
-    upstream latency window burst bucket ledger meter usage policy fair steady quick
-    quiet bright simple exact careful prompt reply server client message counter clock
-    second minute hour day cache shard replica leader follower queue batch signal retry
-    deadline circuit breaker health check sample value vector random mock test bench
-    """.split()
+# fmt: off
+_WORDS: tuple[str, ...] = (
+    "the", "a", "quota", "gate", "model", "token", "stream", "answer", "request", "budget",
+    "limit", "plan", "key", "route", "upstream", "latency", "window", "burst", "bucket", "ledger",
+    "meter", "usage", "policy", "fair", "steady", "quick", "quiet", "bright", "simple", "exact",
+    "careful", "prompt", "reply", "server", "client", "message", "counter", "clock", "second",
+    "minute", "hour", "day", "cache", "shard", "replica", "leader", "follower", "queue", "batch",
+    "signal", "retry", "deadline", "circuit", "breaker", "health", "check", "sample", "value",
+    "vector", "random", "mock", "test", "bench",
 )
+# fmt: on
 _PUNCTUATION: tuple[str, ...] = (",", ".")
 _PUNCTUATION_CHANCE = 0.12
 

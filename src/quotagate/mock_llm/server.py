@@ -11,7 +11,7 @@ from .errors import DroppedConnection
 from .settings import MockSettings
 
 # Hung requests hold their connections open; without a limit, shutdown would wait on them forever.
-_GRACEFUL_SHUTDOWN_S = 1.0
+_GRACEFUL_SHUTDOWN_S = 1
 
 
 class _HideInjectedDrops(logging.Filter):

@@ -24,3 +24,8 @@ REQUEST_SECONDS = Histogram(
     ("endpoint",),
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+RELOADS = Counter(
+    "quotagate_policy_reloads",
+    "Policy reloads by outcome (applied, refused).",
+    ("outcome",),
+)

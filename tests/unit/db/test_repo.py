@@ -1,0 +1,94 @@
+"""Tenants and keys: one test body on SQLite and on the local PostgreSQL server."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from quotagate.auth.api_keys import KeyAuthenticator
+from quotagate.db.repo import Database, DatabaseError
+from quotagate.errors import AuthenticationFailed
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+SECRET = b"test-secret"
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    if request.param == "sqlite":
+        database = Database(f"sqlite+aiosqlite:///{tmp_path}/qg.db")
+    else:
+        database = Database(PG_URL, schema=f"qg_test_{secrets.token_hex(6)}")
+    await database.create_schema()
+    yield database
+    if database.schema:
+        async with database.engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{database.schema}" CASCADE'))
+    await database.close()
+
+
+async def test_tenant_and_key_round_trip(db: Database) -> None:
+    tenant = await db.create_tenant("acme", "free")
+    key_id, plaintext = await db.create_key("acme", SECRET, name="ci", user="alice")
+    row = await db.find_key(key_id)
+    assert row is not None
+    assert (row.tenant_id, row.plan, row.user_id, row.name) == (tenant.id, "free", "alice", "ci")
+    assert row.key_hash != plaintext and plaintext not in row.key_hash
+    assert [t.name for t in await db.list_tenants()] == ["acme"]
+    assert [k.id for k in await db.list_keys("acme")] == [key_id]
+
+
+async def test_duplicate_tenant_and_unknown_tenant_are_clear_errors(db: Database) -> None:
+    await db.create_tenant("acme", "free")
+    with pytest.raises(DatabaseError, match="already exists"):
+        await db.create_tenant("acme", "pro")
+    with pytest.raises(DatabaseError, match="no tenant named 'nobody'"):
+        await db.create_key("nobody", SECRET)
+
+
+async def test_no_plaintext_key_is_stored(db: Database) -> None:
+    await db.create_tenant("acme", "free")
+    _, plaintext = await db.create_key("acme", SECRET)
+    secret_part = plaintext.split("_", 1)[1]
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT * FROM qg_api_keys"))).all()
+    dump = repr(rows)
+    assert plaintext not in dump and secret_part not in dump
+
+
+async def test_authenticator_caches_then_sees_revocation_after_ttl(db: Database) -> None:
+    await db.create_tenant("acme", "pro")
+    key_id, plaintext = await db.create_key("acme", SECRET)
+    clock = Clock()
+    auth = KeyAuthenticator(db, SECRET, ttl=5.0, clock=clock)
+    principal = await auth.authenticate(plaintext)
+    assert (principal.tenant_name, principal.plan, principal.key_id) == ("acme", "pro", key_id)
+
+    await db.revoke_key(key_id)
+    assert (await auth.authenticate(plaintext)).key_id == key_id  # cached for the TTL
+    clock.now += 5.1
+    with pytest.raises(AuthenticationFailed):
+        await auth.authenticate(plaintext)
+    with pytest.raises(DatabaseError, match="no active key"):
+        await db.revoke_key(key_id)
+
+
+async def test_wrong_secret_part_with_a_real_key_id_is_refused(db: Database) -> None:
+    await db.create_tenant("acme", "pro")
+    _, plaintext = await db.create_key("acme", SECRET)
+    auth = KeyAuthenticator(db, SECRET, ttl=5.0)
+    forged = plaintext[: plaintext.index("_") + 1] + "A" * 43
+    with pytest.raises(AuthenticationFailed):
+        await auth.authenticate(forged)
+    assert (await auth.authenticate(plaintext)).tenant_name == "acme"
