@@ -46,6 +46,9 @@ class Metrics:
     async def __call__(self, ctx: RequestContext) -> None:
         body = generate_latest()
         ctx.status = 200
-        headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+        headers = [
+            (b"content-type", CONTENT_TYPE_LATEST.encode()),
+            (b"x-request-id", ctx.request_id.encode()),
+        ]
         await ctx.send({"type": "http.response.start", "status": 200, "headers": headers})
         await ctx.send({"type": "http.response.body", "body": body})
