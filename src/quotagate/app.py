@@ -20,10 +20,11 @@ import aiohttp
 
 from quotagate.auth.api_keys import KeyAuthenticator
 from quotagate.config.loader import load_policy
-from quotagate.config.schema import Policy
+from quotagate.config.schema import Policy, StoreConfig
 from quotagate.config.snapshot import Snapshot
 from quotagate.db.repo import Database
 from quotagate.errors import ConfigError, MethodNotAllowed, NotFound
+from quotagate.limits.engine import EngineSettings, LimitEngine
 from quotagate.observability.metrics import RELOADS
 from quotagate.pipeline.authenticate import Authenticate
 from quotagate.pipeline.authorize import Authorize
@@ -35,6 +36,7 @@ from quotagate.pipeline.parse import Parse
 from quotagate.pipeline.responses import send_error, send_json
 from quotagate.pipeline.route import Route
 from quotagate.pipeline.runner import Pipeline
+from quotagate.pipeline.stage import Stage
 from quotagate.settings import Settings
 from quotagate.store.base import LimitStore
 from quotagate.store.memory import MemoryStore
@@ -53,10 +55,20 @@ class Endpoint:
     generates: bool = False  # produces completion tokens: max_tokens applies
 
 
-def open_store(url: str) -> LimitStore:
-    if url.startswith("memory://"):
+def open_store(config: StoreConfig) -> LimitStore:
+    if config.url.startswith("memory://"):
         return MemoryStore()
-    raise ValueError(f"unsupported store {url!r}")
+    from quotagate.store.redis import RedisStore
+
+    # redis-py's own socket timeout is a backstop; the engine's deadline is the real one.
+    return RedisStore(config.url, config.prefix, timeout=max(1.0, config.timeout * 10))
+
+
+def open_engine(config: StoreConfig) -> LimitEngine:
+    settings = EngineSettings(
+        config.timeout, config.instances, config.breaker_failures, config.breaker_cooldown
+    )
+    return LimitEngine(open_store(config), settings)
 
 
 class Gateway:
@@ -65,7 +77,8 @@ class Gateway:
     def __init__(self, policy: Policy, settings: Settings) -> None:
         self.snapshot = Snapshot.compile(policy)
         self.settings = settings
-        self.store = open_store(policy.store.url)
+        self.engine = open_engine(policy.store)
+        self.store = self.engine.store
         self.db = Database(policy.database.url, policy.database.schema_name)
         self.keys = KeyAuthenticator(self.db, settings.server_secret(), policy.auth.key_cache_ttl)
         self.session: aiohttp.ClientSession | None = None
@@ -116,21 +129,37 @@ class Readyz:
         self._gateway = gateway
 
     async def __call__(self, ctx: RequestContext) -> None:
-        store_ok = await self._gateway.store.ping()
-        db_ok = await self._gateway.db.ping()
+        gw = self._gateway
+        store_ok = await gw.store.ping()
+        db_ok = await gw.db.ping()
+        # Without the store, limits fall back to their on_store_error policy: the
+        # instance can still serve unless some limit is "closed".
+        closed = any(
+            limit.on_store_error == "closed"
+            for plan in gw.snapshot.plans.values()
+            for limit in plan.limits
+        )
+        ready = db_ok and (store_ok or not closed)
         body = {
-            "status": "ready" if store_ok and db_ok else "not_ready",
+            "status": "ready" if ready else "not_ready",
             "store": "ok" if store_ok else "down",
+            "store_breaker": gw.engine.breaker.state,
             "database": "ok" if db_ok else "down",
         }
-        await send_json(ctx, 200 if store_ok and db_ok else 503, body)
+        await send_json(ctx, 200 if ready else 503, body)
 
 
 def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     authenticate = Authenticate(gw, gw.keys)
-    proxy = Pipeline(
-        [authenticate, Parse(gw), Authorize(gw), Route(gw), Limit(gw.store), Forward(gw)]
-    )
+    stages: list[Stage] = [
+        authenticate,
+        Parse(gw),
+        Authorize(gw),
+        Route(gw),
+        Limit(gw.engine),
+        Forward(gw),
+    ]
+    proxy = Pipeline(stages, leases=gw.engine)
     proxied = {
         "/v1/chat/completions": ("chat.completions", "/chat/completions", True),
         "/v1/completions": ("completions", "/completions", True),

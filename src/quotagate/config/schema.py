@@ -32,14 +32,29 @@ class ServerConfig(Frozen):
     _listen = field_validator("listen")(_check_listen)
 
 
+STORE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster")
+
+
 class StoreConfig(Frozen):
     url: str = "memory://"
+    prefix: str = "qg:"  # every Redis key starts with this
+    # Per store call; past it the request is decided by each limit's on_store_error.
+    timeout: Duration = 0.025
+    # Gateway instances expected to share the store: on_store_error: local divides each
+    # limit by this so the instances together stay near the limit.
+    instances: int = Field(default=1, ge=1)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_cooldown: Duration = 1.0
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if value.split("://", 1)[0] != "memory":
-            raise ValueError(f"unsupported store {value!r}: this build supports memory://")
+        scheme = value.split("://", 1)[0]
+        if "://" not in value or scheme not in STORE_SCHEMES:
+            raise ValueError(
+                f"unsupported store {value!r}: expected one of "
+                + ", ".join(f"{s}://" for s in STORE_SCHEMES)
+            )
         return value
 
 
@@ -100,21 +115,33 @@ class Model(Frozen):
 class LimitRule(Frozen):
     scope: str | list[str] = "key"
     requests: int | None = Field(default=None, gt=0)
-    per: Duration
+    concurrent: int | None = Field(default=None, gt=0)  # requests in flight at once
+    per: Duration | None = None
     burst: int | None = Field(default=None, gt=0)
+    # When the store cannot answer: allow, refuse with 503, or decide per instance.
+    on_store_error: Literal["open", "closed", "local"] = "local"
+    # A concurrency lease of a gateway that died frees itself after this long; keep it
+    # above the longest request (the deployments' total timeout).
+    lease_ttl: Duration = 600.0
 
     @field_validator("scope")
     @classmethod
     def _known_scopes(cls, value: str | list[str]) -> str | list[str]:
         for scope in [value] if isinstance(value, str) else value:
-            if scope not in SCOPES:
-                raise ValueError(f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)}")
+            if scope not in SCOPES and not (scope.startswith("header:") and len(scope) > 7):
+                raise ValueError(
+                    f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)} or header:<name>"
+                )
         return value
 
     @model_validator(mode="after")
     def _one_amount(self) -> LimitRule:
-        if self.requests is None:
-            raise ValueError("a limit needs an amount: requests")
+        if (self.requests is None) == (self.concurrent is None):
+            raise ValueError("a limit needs exactly one amount: requests or concurrent")
+        if self.requests is not None and self.per is None:
+            raise ValueError("a requests limit needs a window: per")
+        if self.concurrent is not None and (self.per is not None or self.burst is not None):
+            raise ValueError("a concurrent limit takes no per or burst")
         return self
 
     @property

@@ -18,6 +18,7 @@ class CompiledPlan:
     reject_over_max: bool
     limits: tuple[CompiledLimit, ...]  # global limits first, then the plan's own
     policy_header: bytes
+    has_leases: bool
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -33,6 +34,7 @@ def _compile_plan(name: str, plan: Plan, global_limits: tuple[CompiledLimit, ...
         plan.max_tokens_policy == "reject",
         limits,
         policy_header(limits),
+        any(limit.unit == "concurrent" for limit in limits),
     )
 
 

@@ -34,15 +34,16 @@ def rate_limit_headers(
         f'"{limit.name}";r={o.remaining};t={math.ceil(o.reset_after)}'
         for limit, o in zip(limits, admission.outcomes, strict=True)
     )
-    tightest = min(range(len(limits)), key=lambda i: admission.outcomes[i].remaining)
-    limit, outcome = limits[tightest], admission.outcomes[tightest]
-    headers: Headers = [
-        (b"ratelimit-policy", policy_value),
-        (b"ratelimit", state.encode()),
-        (b"x-ratelimit-limit-requests", str(limit.amount).encode()),
-        (b"x-ratelimit-remaining-requests", str(outcome.remaining).encode()),
-        (b"x-ratelimit-reset-requests", format_go_duration(outcome.reset_after).encode()),
-    ]
+    headers: Headers = [(b"ratelimit-policy", policy_value), (b"ratelimit", state.encode())]
+    rates = [i for i, limit in enumerate(limits) if limit.unit == "requests"]
+    if rates:
+        tightest = min(rates, key=lambda i: admission.outcomes[i].remaining)
+        limit, outcome = limits[tightest], admission.outcomes[tightest]
+        headers += [
+            (b"x-ratelimit-limit-requests", str(limit.amount).encode()),
+            (b"x-ratelimit-remaining-requests", str(outcome.remaining).encode()),
+            (b"x-ratelimit-reset-requests", format_go_duration(outcome.reset_after).encode()),
+        ]
     if not admission.allowed:
         retry = admission.outcomes[admission.denied].retry_after
         headers.append((b"retry-after", str(max(1, math.ceil(retry))).encode()))

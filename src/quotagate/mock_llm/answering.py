@@ -53,16 +53,18 @@ async def answer_completion(
     usage = usage_block(request.prompt_tokens, completion_tokens)
     pacing = Pacing.of(state.settings, request.directives)
     drop = plan.fault is Fault.DROP
-    if request.stream:
-        events = _stream_events(shape, meta, choices, usage if request.include_usage else None)
-        # A dropped stream is cut half-way through its tokens, after the opening chunk.
-        cut = completion_tokens // 2 if drop else None
-        await _stream(exchange, events, pacing, cut)
+    if not request.stream:
+        total_s = pacing.total_s(completion_tokens)
+        if total_s > 0 and not await exchange.pause(total_s):
+            return  # the client gave up; nobody is left to answer
+        await send_whole(exchange, orjson.dumps(shape.completion(meta, choices, usage)), drop)
         return
-    total_s = pacing.total_s(completion_tokens)
-    if total_s > 0 and not await exchange.pause(total_s):
-        return  # the client gave up; nobody is left to answer
-    body = orjson.dumps(shape.completion(meta, choices, usage))
+    events = _stream_events(shape, meta, choices, usage if request.include_usage else None)
+    # A dropped stream is cut half-way through its tokens, after the opening chunk.
+    await _stream(exchange, events, pacing, completion_tokens // 2 if drop else None)
+
+
+async def send_whole(exchange: Exchange, body: bytes, drop: bool) -> None:
     if drop:
         await exchange.send_truncated_json(200, body)
     await exchange.send_json(200, body)

@@ -48,18 +48,27 @@ class MockApp:
             return  # lifespan is off and websockets are not served
         exchange = Exchange(scope, receive, send, self._response_headers(scope))
         upstream = scope["path"].startswith(_UPSTREAM_PREFIX)
+        if not upstream:  # health and control requests are not counted
+            await self._answer(exchange, upstream)
+            return
         stats = self.state.stats
-        if upstream:
-            stats.requests += 1
-            stats.in_flight += 1
+        stats.requests += 1
+        stats.in_flight += 1
+        try:
+            await self._answer(exchange, upstream)
+        finally:
+            stats.in_flight -= 1
+
+    async def _answer(self, exchange: Exchange, upstream: bool) -> None:
+        """The one error boundary: a ``MockError`` becomes an OpenAI error body."""
         try:
             await self._dispatch(exchange, upstream)
         except MockError as error:
-            stats.errors += upstream
+            if upstream:
+                self.state.stats.errors += 1
             await exchange.send_json(error.status, error.body(), error.headers)
         finally:
             exchange.close()
-            stats.in_flight -= upstream
 
     async def _dispatch(self, exchange: Exchange, upstream: bool) -> None:
         scope = exchange.scope

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from .answering import answer_completion, take_fault
+from .answering import answer_completion, send_whole, take_fault
 from .errors import InvalidRequest
 from .exchange import Exchange
 from .faults import Fault
@@ -48,10 +48,7 @@ async def embeddings(exchange: Exchange, state: MockState) -> None:
     delay = Pacing.of(state.settings, request.directives).first_s
     if delay > 0 and not await exchange.pause(delay):
         return
-    body = orjson.dumps(_embedding_list(request))
-    if plan.fault is Fault.DROP:
-        await exchange.send_truncated_json(200, body)
-    await exchange.send_json(200, body)
+    await send_whole(exchange, orjson.dumps(_embedding_list(request)), plan.fault is Fault.DROP)
 
 
 def _embedding_list(request: EmbeddingRequest) -> JSONObject:

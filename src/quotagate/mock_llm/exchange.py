@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import DroppedConnection
 
@@ -50,7 +50,7 @@ class Exchange:
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
 
-    async def send_truncated_json(self, status: int, body: bytes) -> None:
+    async def send_truncated_json(self, status: int, body: bytes) -> NoReturn:
         """Promise the whole body, send half, then make the server drop the connection."""
         headers = self._json_headers(body)
         await self.send({"type": "http.response.start", "status": status, "headers": headers})

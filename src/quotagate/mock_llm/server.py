@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import uvicorn
@@ -14,18 +15,22 @@ from .settings import MockSettings
 _GRACEFUL_SHUTDOWN_S = 1
 
 
-class _HideInjectedDrops(logging.Filter):
-    """uvicorn logs a traceback for every dropped connection; injected drops are expected."""
+class _HideExpectedTracebacks(logging.Filter):
+    """uvicorn logs a traceback for every aborted request; the mock aborts some on purpose.
+
+    Injected drops raise ``DroppedConnection``; hung requests still open at shutdown are
+    cancelled by uvicorn (which logs that once itself).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, DroppedConnection)
+        return not isinstance(exc, DroppedConnection | asyncio.CancelledError)
 
 
 def _install_drop_filter() -> None:
     logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _HideInjectedDrops) for f in logger.filters):
-        logger.addFilter(_HideInjectedDrops())
+    if not any(isinstance(f, _HideExpectedTracebacks) for f in logger.filters):
+        logger.addFilter(_HideExpectedTracebacks())
 
 
 def make_server(settings: MockSettings) -> uvicorn.Server:

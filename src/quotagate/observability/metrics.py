@@ -29,3 +29,13 @@ RELOADS = Counter(
     "Policy reloads by outcome (applied, refused).",
     ("outcome",),
 )
+DEGRADED = Counter(
+    "quotagate_limit_degraded_decisions",
+    "Limit decisions taken without the store, by how (open, closed, local, negative_cache).",
+    ("mode",),
+)
+STORE_ERRORS = Counter(
+    "quotagate_store_errors",
+    "Limit store calls that failed or timed out, by error.",
+    ("error",),
+)

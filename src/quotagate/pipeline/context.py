@@ -6,6 +6,7 @@ from typing import Any
 
 from quotagate.auth.principal import Principal
 from quotagate.routing.catalog import Target
+from quotagate.store.base import LeaseCheck
 
 ASGIScope = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
@@ -21,6 +22,7 @@ class RequestContext:
         "content_length",
         "decision",
         "endpoint",
+        "leases",
         "max_tokens",
         "model",
         "payload",
@@ -55,6 +57,7 @@ class RequestContext:
         self.stream = False
         self.max_tokens: int | None = None
         self.target: Target | None = None
+        self.leases: list[LeaseCheck] = []
         self.response_headers: Headers = []
         self.response_started = False
         self.status = 0

@@ -1,39 +1,55 @@
-"""``limit``: every rate limit that applies, decided in one atomic store call."""
+"""``limit``: every limit that applies, decided in one atomic store call.
+
+Concurrency leases taken here are released when the response has ended (the runner
+awaits ``ctx.leases`` release through the engine).
+"""
 
 from __future__ import annotations
 
 from quotagate.config.snapshot import CompiledPlan
 from quotagate.errors import RateLimited
+from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import ScopeValues
 from quotagate.pipeline.context import RequestContext
-from quotagate.store.base import LimitStore
+from quotagate.store.base import LeaseCheck
 
 
 def scope_values(ctx: RequestContext) -> ScopeValues:
     p = ctx.principal
     assert p is not None, "limit runs after authenticate"
-    return ScopeValues(p.tenant_id, p.key_id, p.user, ctx.client_ip, ctx.model, ctx.endpoint.name)
+    return ScopeValues(
+        p.tenant_id, p.key_id, p.user, ctx.client_ip, ctx.model, ctx.endpoint.name,
+        ctx.scope["headers"],
+    )  # fmt: skip
 
 
 class Limit:
     name = "limit"
 
-    def __init__(self, store: LimitStore) -> None:
-        self._store = store
+    def __init__(self, engine: LimitEngine) -> None:
+        self._engine = engine
 
     async def __call__(self, ctx: RequestContext) -> None:
         plan: CompiledPlan = ctx.plan
         if not plan.limits:
             return
         values = scope_values(ctx)
-        admission = await self._store.acquire([limit.check(values) for limit in plan.limits])
-        headers = rate_limit_headers(plan.limits, admission, plan.policy_header)
-        ctx.response_headers.extend(headers)
+        checks = [limit.check(values, ctx.request_id) for limit in plan.limits]
+        admission = await self._engine.admit(plan.limits, checks)
+        ctx.response_headers.extend(rate_limit_headers(plan.limits, admission, plan.policy_header))
         if not admission.allowed:
             denied = plan.limits[admission.denied]
-            raise RateLimited(
-                f"Rate limit reached for {denied.unit} on {'+'.join(denied.scopes)}: "
-                f"limit {denied.amount} per {denied.window:g}s. Retry after the time in "
-                "the Retry-After header.",
-            )
+            raise RateLimited(_refusal(denied.unit, denied.scopes, denied.amount, denied.window))
+        if plan.has_leases:
+            ctx.leases = [c for c in checks if isinstance(c, LeaseCheck)]
+
+
+def _refusal(unit: str, scopes: tuple[str, ...], amount: int, window: float) -> str:
+    scope = "+".join(scopes)
+    if unit == "concurrent":
+        return f"Too many concurrent requests on {scope}: limit {amount} at once."
+    return (
+        f"Rate limit reached for requests on {scope}: limit {amount} per {window:g}s. "
+        "Retry after the time in the Retry-After header."
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from quotagate.errors import GatewayError
 from quotagate.observability.metrics import ERRORS, REQUEST_SECONDS, REQUESTS
@@ -16,14 +17,20 @@ from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import ClientDisconnected
 from quotagate.pipeline.responses import send_error
 from quotagate.pipeline.stage import Stage
+from quotagate.store.base import LeaseCheck
 
 log = logging.getLogger("quotagate.requests")
 
 
+class LeaseReleaser(Protocol):
+    async def release(self, leases: Sequence[LeaseCheck]) -> None: ...
+
+
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], leases: LeaseReleaser | None = None) -> None:
         self.stages = tuple(stages)
         self.names = tuple(stage.name for stage in stages)
+        self._leases = leases
 
     async def run(self, ctx: RequestContext) -> None:
         started = time.perf_counter()
@@ -38,6 +45,8 @@ class Pipeline:
             log.exception("unexpected error in request %s", ctx.request_id)
             await self._refuse(ctx, GatewayError("The gateway failed to handle the request."))
         finally:
+            if ctx.leases and self._leases is not None:
+                await self._leases.release(ctx.leases)
             self._observe(ctx, started)
 
     @staticmethod

@@ -1,9 +1,12 @@
 """The limit store contract: what an algorithm may ask of a store.
 
 A store decides a batch of counter checks atomically: all of them are consumed or
-none is. The in-process ``MemoryStore`` is the embedded default; a Redis store with
-the same semantics implements the same protocol. A store that lacks a capability
-fails at start-up, not on the first request.
+none is, on one clock (the Redis server's, for the Redis store). The in-process
+``MemoryStore`` is the embedded default; ``RedisStore`` implements the same protocol
+with the same semantics, and one test body runs against both.
+
+Errors: a store that cannot answer raises ``StoreUnavailable``; what that means for
+each limit (open, closed, local) is the limits engine's decision, not the store's.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer (down, frozen, timed out, or its circuit is open)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -21,6 +28,19 @@ class RateCheck:
     interval: float  # seconds per unit
     capacity: int  # bucket size in units (the burst)
     cost: int  # units this request takes
+
+
+@dataclass(slots=True, frozen=True)
+class LeaseCheck:
+    """One concurrency slot: held until released or until ``ttl`` passes."""
+
+    key: str
+    limit: int
+    lease_id: str
+    ttl: float  # seconds: a lease whose gateway died frees itself after this
+
+
+Check = RateCheck | LeaseCheck
 
 
 @dataclass(slots=True, frozen=True)
@@ -38,9 +58,15 @@ class Admission:
 
 
 class LimitStore(Protocol):
-    async def acquire(self, checks: Sequence[RateCheck]) -> Admission:
+    async def acquire(self, checks: Sequence[Check]) -> Admission:
         """Consume every check, or none of them if any one denies."""
         ...
+
+    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None:
+        """Charge (positive) or refund (negative) units on counters already consumed."""
+        ...
+
+    async def release(self, leases: Sequence[LeaseCheck]) -> None: ...
 
     async def ping(self) -> bool: ...
 

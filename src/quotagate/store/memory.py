@@ -10,36 +10,81 @@ import time
 from collections.abc import Callable, Sequence
 
 from quotagate.limits.gcra import gcra_step
-from quotagate.store.base import Admission, CheckOutcome, RateCheck
+from quotagate.store.base import Admission, Check, CheckOutcome, LeaseCheck, RateCheck
 
 # Sweep full (expired) buckets every this many acquisitions: amortised O(1), keeps
 # memory bounded by the number of keys active within one refill period.
 _SWEEP_EVERY = 10_000
+_LEASE_RETRY = 1.0  # a lease frees when a request ends: suggest a short retry
 
 
 class MemoryStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._tats: dict[str, float] = {}
+        self._leases: dict[str, dict[str, float]] = {}
         self._until_sweep = _SWEEP_EVERY
 
-    async def acquire(self, checks: Sequence[RateCheck]) -> Admission:
+    async def acquire(self, checks: Sequence[Check]) -> Admission:
         return self.acquire_now(checks)
 
-    def acquire_now(self, checks: Sequence[RateCheck]) -> Admission:
+    def acquire_now(self, checks: Sequence[Check]) -> Admission:
         now = self._clock()
-        tats = self._tats
-        results = [
-            gcra_step(tats.get(c.key, now), now, c.interval, c.capacity, c.cost) for c in checks
-        ]
-        outcomes = tuple(CheckOutcome(r.remaining, r.reset_after, r.retry_after) for r in results)
-        for index, result in enumerate(results):
-            if not result.allowed:
-                return Admission(False, outcomes, index)
-        for check, result in zip(checks, results, strict=True):
-            tats[check.key] = result.new_tat
+        outcomes: list[CheckOutcome] = []
+        writes: list[float] = []
+        denied = -1
+        for index, check in enumerate(checks):
+            if isinstance(check, RateCheck):
+                allowed, write, outcome = self._rate(check, now)
+            else:
+                allowed, write, outcome = self._lease(check, now)
+            outcomes.append(outcome)
+            writes.append(write)
+            if not allowed and denied < 0:
+                denied = index
+        if denied >= 0:
+            return Admission(False, tuple(outcomes), denied)
+        for check, write in zip(checks, writes, strict=True):
+            if isinstance(check, RateCheck):
+                self._tats[check.key] = write
+            else:
+                self._leases.setdefault(check.key, {})[check.lease_id] = write
         self._maybe_sweep(now)
-        return Admission(True, outcomes)
+        return Admission(True, tuple(outcomes))
+
+    def _rate(self, check: RateCheck, now: float) -> tuple[bool, float, CheckOutcome]:
+        r = gcra_step(
+            self._tats.get(check.key, now), now, check.interval, check.capacity, check.cost
+        )
+        return r.allowed, r.new_tat, CheckOutcome(r.remaining, r.reset_after, r.retry_after)
+
+    def _lease(self, check: LeaseCheck, now: float) -> tuple[bool, float, CheckOutcome]:
+        held = self._leases.get(check.key)
+        if held:
+            for lease_id in [k for k, expiry in held.items() if expiry <= now]:
+                del held[lease_id]
+        count = len(held) if held else 0
+        if count < check.limit:
+            return True, now + check.ttl, CheckOutcome(check.limit - count - 1, 0.0, 0.0)
+        return False, 0.0, CheckOutcome(0, 0.0, _LEASE_RETRY)
+
+    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None:
+        now = self._clock()
+        for check, delta in zip(checks, deltas, strict=True):
+            tat = self._tats.get(check.key)
+            if tat is None and delta <= 0:
+                continue
+            new_tat = max(tat or now, now) + delta * check.interval
+            if new_tat > now:
+                self._tats[check.key] = new_tat
+            else:
+                self._tats.pop(check.key, None)
+
+    async def release(self, leases: Sequence[LeaseCheck]) -> None:
+        for lease in leases:
+            held = self._leases.get(lease.key)
+            if held is not None:
+                held.pop(lease.lease_id, None)
 
     def _maybe_sweep(self, now: float) -> None:
         self._until_sweep -= 1
@@ -47,13 +92,20 @@ class MemoryStore:
             return
         self._until_sweep = _SWEEP_EVERY
         self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+        self._leases = {k: held for k, held in self._leases.items() if held}
 
     def peek(self, key: str) -> float | None:
         """The stored TAT of ``key`` (for inspection and tests)."""
         return self._tats.get(key)
+
+    def snapshot(self, prefix: str = "") -> dict[str, float]:
+        """Live counters whose key starts with ``prefix``, as seconds until full."""
+        now = self._clock()
+        return {k: tat - now for k, tat in self._tats.items() if k.startswith(prefix) and tat > now}
 
     async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
         self._tats.clear()
+        self._leases.clear()

@@ -149,3 +149,15 @@ async def test_request_ids_are_echoed_and_the_request_recorded(
     assert recorded["headers"]["authorization"] == "Bearer x"
     assert recorded["body"]["messages"] == _user("hi")
 
+
+async def test_several_choices_stream_like_their_whole_answers(llm: openai.AsyncOpenAI) -> None:
+    whole = await llm.chat.completions.create(model=MODEL, messages=_user("two please"), n=2)
+    stream = await llm.chat.completions.create(
+        model=MODEL, messages=_user("two please"), n=2, stream=True
+    )
+    streamed = ["", ""]
+    async for chunk in stream:
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == [choice.message.content for choice in whole.choices]
+    assert streamed[0] != streamed[1]

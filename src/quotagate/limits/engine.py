@@ -1,0 +1,210 @@
+"""The limits engine: one atomic store call per request, and what to do without one.
+
+In front of a remote store it adds:
+- a short timeout and a circuit breaker, so a dead or frozen Redis costs at most the
+  timeout per request and then nothing until a probe finds it back;
+- the per-limit failure policy: ``open`` (allow), ``closed`` (503), ``local`` (a
+  per-instance limiter at limit ÷ expected instances);
+- a negative cache: a counter known to refuse until T is answered locally until T.
+
+Every degraded decision is counted; a summary is logged at most once per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from quotagate.errors import ServiceUnavailable
+from quotagate.limits.policy import CompiledLimit
+from quotagate.observability.metrics import DEGRADED, STORE_ERRORS
+from quotagate.store.base import (
+    Admission,
+    Check,
+    CheckOutcome,
+    LeaseCheck,
+    LimitStore,
+    RateCheck,
+    StoreUnavailable,
+)
+from quotagate.store.memory import MemoryStore
+
+log = logging.getLogger(__name__)
+_LOG_EVERY = 10.0  # seconds between degraded-mode summaries
+
+
+@dataclass(slots=True, frozen=True)
+class EngineSettings:
+    timeout: float = 0.025
+    instances: int = 1
+    breaker_failures: int = 3
+    breaker_cooldown: float = 1.0
+
+
+class Breaker:
+    """Consecutive failures open it; after the cooldown one probe may pass."""
+
+    def __init__(self, failures: int, cooldown: float) -> None:
+        self.failures_to_open = failures
+        self.cooldown = cooldown
+        self.failures = 0
+        self.open_until = 0.0
+
+    def allows(self, now: float) -> bool:
+        if self.failures < self.failures_to_open:
+            return True
+        if now >= self.open_until:
+            self.open_until = now + self.cooldown  # this caller is the probe
+            return True
+        return False
+
+    def record(self, ok: bool, now: float) -> None:
+        if ok:
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures >= self.failures_to_open:
+            self.open_until = now + self.cooldown
+
+    @property
+    def state(self) -> str:
+        return "open" if self.failures >= self.failures_to_open else "closed"
+
+
+def _scaled(check: Check, instances: int) -> Check:
+    """The per-instance share of a limit when each instance decides alone."""
+    if isinstance(check, RateCheck):
+        return replace(
+            check, interval=check.interval * instances, capacity=max(1, check.capacity // instances)
+        )
+    return replace(check, limit=max(1, check.limit // instances))
+
+
+class LimitEngine:
+    def __init__(
+        self,
+        store: LimitStore,
+        settings: EngineSettings = EngineSettings(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.remote = not isinstance(store, MemoryStore)
+        self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
+        self._clock = clock
+        self._local = MemoryStore(clock)
+        self._refusing: dict[str, tuple[float, Admission]] = {}
+        self._degraded = 0
+        self._next_log = 0.0
+
+    async def admit(self, limits: Sequence[CompiledLimit], checks: Sequence[Check]) -> Admission:
+        if not self.remote:
+            return await self.store.acquire(checks)
+        now = self._clock()
+        if (cached := self._cached_refusal(checks, now)) is not None:
+            return cached
+        if self.breaker.allows(now):
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    admission = await self.store.acquire(checks)
+            except (StoreUnavailable, TimeoutError) as exc:
+                STORE_ERRORS.labels(type(exc).__name__).inc()
+                self.breaker.record(False, self._clock())
+            else:
+                self.breaker.record(True, now)
+                self._remember_refusal(checks, admission, now)
+                return admission
+        return self._degrade(limits, checks)
+
+    async def release(self, leases: Sequence[LeaseCheck]) -> None:
+        if not leases:
+            return
+        try:
+            async with asyncio.timeout(self.settings.timeout * 4):
+                await self.store.release(leases)
+        except (StoreUnavailable, TimeoutError):
+            # The lease TTL frees it; the local twin may hold one too.
+            STORE_ERRORS.labels("release").inc()
+        await self._local.release(leases)
+
+    def _cached_refusal(self, checks: Sequence[Check], now: float) -> Admission | None:
+        for check in checks:
+            entry = self._refusing.get(check.key)
+            if entry is None:
+                continue
+            until, admission = entry
+            if until <= now:
+                del self._refusing[check.key]
+                continue
+            DEGRADED.labels("negative_cache").inc()
+            return _aged(admission, until - now)
+        return None
+
+    def _remember_refusal(self, checks: Sequence[Check], admission: Admission, now: float) -> None:
+        if admission.allowed:
+            return
+        check = checks[admission.denied]
+        # Only a single-unit rate check refuses every request until retry_after; a
+        # larger amount or a lease could fit sooner.
+        if isinstance(check, RateCheck) and check.cost == 1:
+            retry = admission.outcomes[admission.denied].retry_after
+            if len(self._refusing) > 100_000:
+                self._refusing.clear()
+            self._refusing[check.key] = (now + retry, admission)
+
+    def _degrade(self, limits: Sequence[CompiledLimit], checks: Sequence[Check]) -> Admission:
+        self._note_degraded()
+        local_index = []
+        for index, limit in enumerate(limits):
+            if limit.on_store_error == "closed":
+                DEGRADED.labels("closed").inc()
+                raise ServiceUnavailable(
+                    "Rate limits cannot be checked right now; try again shortly.",
+                    code="limits_unavailable",
+                    headers=[(b"retry-after", b"1")],
+                )
+            if limit.on_store_error == "local":
+                local_index.append(index)
+        outcomes = [CheckOutcome(limit.amount, 0.0, 0.0) for limit in limits]
+        DEGRADED.labels("open").inc(len(limits) - len(local_index))
+        if not local_index:
+            return Admission(True, tuple(outcomes))
+        DEGRADED.labels("local").inc(len(local_index))
+        n = self.settings.instances
+        local = self._local.acquire_now([_scaled(checks[i], n) for i in local_index])
+        for i, outcome in zip(local_index, local.outcomes, strict=True):
+            outcomes[i] = outcome
+        denied = local_index[local.denied] if not local.allowed else -1
+        return Admission(local.allowed, tuple(outcomes), denied)
+
+    def _note_degraded(self) -> None:
+        self._degraded += 1
+        now = self._clock()
+        if now >= self._next_log:
+            log.warning(
+                "limit store unavailable: %d degraded decisions in the last %.0fs (breaker %s)",
+                self._degraded,
+                _LOG_EVERY,
+                self.breaker.state,
+            )
+            self._degraded = 0
+            self._next_log = now + _LOG_EVERY
+
+    @property
+    def store_state(self) -> str:
+        return "ok" if self.breaker.state == "closed" else "degraded"
+
+
+def _aged(admission: Admission, left: float) -> Admission:
+    """A cached refusal with its times brought up to now."""
+    elapsed = admission.outcomes[admission.denied].retry_after - left
+    outcomes = tuple(
+        CheckOutcome(
+            o.remaining, max(0.0, o.reset_after - elapsed), max(0.0, o.retry_after - elapsed)
+        )
+        for o in admission.outcomes
+    )
+    return Admission(False, outcomes, admission.denied)

@@ -1,0 +1,55 @@
+-- Decide a batch of limit checks atomically, on the Redis server's clock.
+-- KEYS[i]: the counter of check i. ARGV: four values per check: kind, a, b, c.
+--   kind "g" (GCRA):        a = interval µs, b = capacity units, c = cost units
+--   kind "l" (lease):       a = limit, b = lease ttl µs, c = lease id
+-- All checks are evaluated first; only if every one allows are any written
+-- (all-or-nothing: a denied request consumes nothing).
+-- Returns {allowed 0/1, denied index (1-based, 0 if none), then per check:
+--          remaining, reset µs, retry µs}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local out = {1, 0}
+local writes = {}
+
+for i = 1, n do
+  local key, j = KEYS[i], (i - 1) * 4
+  local kind, a, b = ARGV[j + 1], tonumber(ARGV[j + 2]), ARGV[j + 3]
+  if kind == 'g' then
+    local capacity, cost = tonumber(b), tonumber(ARGV[j + 4])
+    local tat = tonumber(redis.call('GET', key)) or now
+    local base = math.max(tat, now)
+    local new_tat = base + cost * a
+    local allow_at = new_tat - capacity * a
+    local allowed = allow_at <= now
+    local held = allowed and new_tat or base
+    local remaining = math.floor((capacity * a - (held - now)) / a)
+    remaining = math.max(0, math.min(capacity, remaining))
+    out[#out + 1] = remaining
+    out[#out + 1] = held - now
+    out[#out + 1] = allowed and 0 or (allow_at - now)
+    if allowed then writes[i] = new_tat elseif out[2] == 0 then out[1] = 0; out[2] = i end
+  else
+    local ttl = tonumber(b)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local held = redis.call('ZCARD', key)
+    local allowed = held < a
+    out[#out + 1] = allowed and (a - held - 1) or 0
+    out[#out + 1] = 0
+    out[#out + 1] = allowed and 0 or 1000000
+    if allowed then writes[i] = now + ttl elseif out[2] == 0 then out[1] = 0; out[2] = i end
+  end
+end
+
+if out[1] == 1 then
+  for i = 1, n do
+    local key, j = KEYS[i], (i - 1) * 4
+    if ARGV[j + 1] == 'g' then
+      redis.call('SET', key, writes[i], 'PX', math.ceil((writes[i] - now) / 1000) + 1)
+    else
+      redis.call('ZADD', key, writes[i], ARGV[j + 4])
+      redis.call('PEXPIRE', key, math.ceil((writes[i] - now) / 1000) + 1)
+    end
+  end
+end
+return out

@@ -1,0 +1,164 @@
+"""Redis limit store: standalone, TLS, Sentinel or Cluster, one script call per slot.
+
+Every check of a batch is decided by ``lua/admit.lua`` on the server's clock, all or
+nothing. On a standalone server (or Sentinel's master) that is one EVALSHA per
+request. In a Cluster a script may only touch one slot: a tenant's counters share one
+through their ``{t:<tenant>}`` hash tag, and cross-tenant scopes (global, ip) live in
+other slots, so those are decided first and compensated if a later slot denies.
+
+redis-py's exceptions enter here and leave as ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.sentinel import Sentinel
+from redis.crc import key_slot
+from redis.exceptions import RedisError
+
+from quotagate.store.base import (
+    Admission,
+    Check,
+    CheckOutcome,
+    LeaseCheck,
+    RateCheck,
+    StoreUnavailable,
+)
+
+_US = 1_000_000
+
+
+def _script(name: str) -> str:
+    return resources.files("quotagate.store").joinpath(f"lua/{name}").read_text("utf-8")
+
+
+def _hosts(netloc: str) -> list[tuple[str, int]]:
+    hosts = []
+    for item in netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host or item, int(port) if port.isdigit() else 6379))
+    return hosts
+
+
+def connect(url: str, timeout: float) -> Redis | RedisCluster:
+    """A client for ``redis://``, ``rediss://``, ``redis+sentinel://H:P[,H:P]/service``
+    or ``redis+cluster://H:P[,H:P]``."""
+    parts = urlsplit(url)
+    common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if parts.password:
+        common["password"] = parts.password
+    if parts.scheme == "redis+cluster":
+        nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc)]
+        return RedisCluster(startup_nodes=nodes, **common)
+    if parts.scheme == "redis+sentinel":
+        service = parts.path.strip("/").split("/")[0] or "mymaster"
+        sentinel = Sentinel(_hosts(parts.netloc), **common)  # type: ignore[no-untyped-call]
+        master: Redis = sentinel.master_for(service)
+        return master
+    return Redis.from_url(url, **common)
+
+
+def _args(check: Check) -> tuple[str | int | float, ...]:
+    if isinstance(check, RateCheck):
+        return ("g", check.interval * _US, check.capacity, check.cost)
+    return ("l", check.limit, round(check.ttl * _US), check.lease_id)
+
+
+class RedisStore:
+    def __init__(self, url: str, prefix: str = "qg:", timeout: float = 0.05) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.client = connect(url, timeout)
+        self.cluster = isinstance(self.client, RedisCluster)
+        self._admit = self.client.register_script(_script("admit.lua"))
+        self._adjust = self.client.register_script(_script("adjust.lua"))
+        self._release = self.client.register_script(_script("release.lua"))
+        self.instance = uuid.uuid4().hex[:12]
+
+    async def acquire(self, checks: Sequence[Check]) -> Admission:
+        if not self.cluster:
+            return await self._admit_group(checks)
+        return await self._acquire_by_slot(checks)
+
+    async def _admit_group(self, checks: Sequence[Check]) -> Admission:
+        keys = [self.prefix + c.key for c in checks]
+        args = [a for c in checks for a in _args(c)]
+        try:
+            reply = await self._admit(keys=keys, args=args)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        outcomes = tuple(
+            CheckOutcome(int(reply[i]), reply[i + 1] / _US, reply[i + 2] / _US)
+            for i in range(2, len(reply), 3)
+        )
+        return Admission(bool(reply[0]), outcomes, int(reply[1]) - 1)
+
+    async def _acquire_by_slot(self, checks: Sequence[Check]) -> Admission:
+        groups: dict[int, list[int]] = {}
+        for index, check in enumerate(checks):
+            groups.setdefault(key_slot((self.prefix + check.key).encode()), []).append(index)
+        # Cross-tenant slots first, the tenant's own slot last: a denial there is the
+        # common case and the earlier slots are then compensated.
+        order = sorted(groups.values(), key=lambda ix: "{t:" in checks[ix[0]].key)
+        outcomes: list[CheckOutcome | None] = [None] * len(checks)
+        admitted: list[Check] = []
+        for indexes in order:
+            group = [checks[i] for i in indexes]
+            result = await self._admit_group(group)
+            for i, outcome in zip(indexes, result.outcomes, strict=True):
+                outcomes[i] = outcome
+            if not result.allowed:
+                await self._compensate(admitted)
+                filled = tuple(o or CheckOutcome(0, 0.0, 0.0) for o in outcomes)
+                return Admission(False, filled, indexes[result.denied])
+            admitted.extend(group)
+        return Admission(True, tuple(o for o in outcomes if o is not None))
+
+    async def _compensate(self, admitted: Sequence[Check]) -> None:
+        rates = [c for c in admitted if isinstance(c, RateCheck)]
+        leases = [c for c in admitted if isinstance(c, LeaseCheck)]
+        if rates:
+            await self.adjust(rates, [-c.cost for c in rates])
+        if leases:
+            await self.release(leases)
+
+    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None:
+        for group in self._by_slot(checks):
+            keys = [self.prefix + checks[i].key for i in group]
+            args = [a for i in group for a in (checks[i].interval * _US, deltas[i])]
+            await self._call(self._adjust, keys, args)
+
+    async def release(self, leases: Sequence[LeaseCheck]) -> None:
+        for group in self._by_slot(leases):
+            keys = [self.prefix + leases[i].key for i in group]
+            await self._call(self._release, keys, [leases[i].lease_id for i in group])
+
+    def _by_slot(self, checks: Sequence[Check]) -> list[list[int]]:
+        if not self.cluster:
+            return [list(range(len(checks)))] if checks else []
+        groups: dict[int, list[int]] = {}
+        for index, check in enumerate(checks):
+            groups.setdefault(key_slot((self.prefix + check.key).encode()), []).append(index)
+        return list(groups.values())
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        try:
+            await script(keys=keys, args=args)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (TimeoutError, RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
