@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness import Process, start_mock
+from redis_servers import RedisCluster, start_cluster
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +27,11 @@ def upstream(mock_llm: Process) -> str:
 @pytest.fixture
 def tmp_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A private 3-master Redis Cluster for the whole session."""
+    started = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield started
+    started.stop()

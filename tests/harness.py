@@ -124,6 +124,7 @@ class Gateway:
     doc: dict[str, Any]
     env: dict[str, str] = field(default_factory=dict)
     process: Process | None = None
+    replicas: list[Process] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -152,6 +153,27 @@ class Gateway:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        for replica in self.replicas:
+            replica.stop()
+
+    def replica(self, *prefix: str) -> Process:
+        """Another gateway process on the same policy, database and secret (a second
+        instance behind the same load balancer). ``prefix`` wraps the command, e.g.
+        ``faketime``."""
+        port = free_port()
+        args = ["serve", "--config", str(self.config), "--listen", f"127.0.0.1:{port}"]
+        log = self.tmp / f"gateway-{port}.log"
+        out = log.open("wb")
+        cmd = [*prefix, *QUOTAGATE, *args]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        process = Process(proc, log, f"http://127.0.0.1:{port}")
+        try:
+            wait_ready(process.base_url + "/healthz", proc, log)
+        except Exception:
+            process.stop()
+            raise
+        self.replicas.append(process)
+        return process
 
     def cli(self, *args: str) -> str:
         result = subprocess.run(

@@ -85,6 +85,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.db.create_schema()
+        await self.engine.start()
         self.session = new_session()
         if self.settings.config_path is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_from_file)

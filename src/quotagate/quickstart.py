@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import Callable
 
 from rich.console import Console
-from rich.panel import Panel
 
 from quotagate.config.schema import Policy
 from quotagate.db.repo import Database, DatabaseError
@@ -62,6 +61,10 @@ def announce(policy: Policy, settings: Settings, listen: str | None) -> Callable
     base_url = f"http://{listen or policy.server.listen}"
 
     def show() -> None:
-        Console(soft_wrap=True).print(Panel(banner(base_url, key), expand=False), highlight=False)
+        # No box and no wrapping: the examples must stay copy-pasteable at any width.
+        console = Console(soft_wrap=True)
+        console.rule()
+        console.print(banner(base_url, key), highlight=False)
+        console.rule()
 
     return show

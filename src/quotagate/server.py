@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import logging
 import subprocess
 import sys
@@ -75,6 +76,10 @@ def embedded_mock(policy: Policy) -> Iterator[None]:
             proc.kill()
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def run_gateway(
     policy: Policy,
     settings: Settings,
@@ -92,6 +97,9 @@ def run_gateway(
     except SystemExit:
         log.error("cannot listen on %s", listen or policy.server.listen)
         raise
+    # uvicorn handles SIGTERM, then re-raises it once the handlers are restored; turn
+    # that second delivery into an orderly exit so the embedded mock is stopped too.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with embedded_mock(policy):
         log.info("quotagate listening on http://%s", listen or policy.server.listen)
         uvloop.run(server.serve(sockets=[sock]))

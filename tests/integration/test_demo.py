@@ -4,10 +4,28 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+DEMO = [sys.executable, "-m", "quotagate", "demo"]
+
+
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    # A policy in the environment: the demo must use the bundled policy regardless.
+    return {**os.environ, "COLUMNS": "120", "QUOTAGATE_CONFIG": str(tmp_path / "absent.yaml")}
+
+
+def announced_ports(out: str) -> list[int]:
+    """The gateway's and the mock LLM's ports, from the lines the demo prints."""
+    ports = []
+    for name in ("gateway", "mock LLM"):
+        match = re.search(rf"^{name}:\s+http://127\.0\.0\.1:(\d+)", out, re.MULTILINE)
+        assert match, f"no {name} URL in the output:\n{out}"
+        ports.append(int(match[1]))
+    return ports
 
 
 def listening(port: int) -> bool:
@@ -17,13 +35,10 @@ def listening(port: int) -> bool:
 
 
 def test_demo_plays_the_seed_scenarios_and_stops_everything(tmp_path: Path) -> None:
-    # A policy in the environment and a cwd of its own: the demo must use the bundled
-    # policy and its own temporary data dir regardless.
-    env = {**os.environ, "COLUMNS": "120", "QUOTAGATE_CONFIG": str(tmp_path / "absent.yaml")}
     result = subprocess.run(
-        [sys.executable, "-m", "quotagate", "demo"],
+        DEMO,
         cwd=tmp_path,
-        env=env,
+        env=demo_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=90,
@@ -34,7 +49,30 @@ def test_demo_plays_the_seed_scenarios_and_stops_everything(tmp_path: Path) -> N
     assert "429" in out and "Retry-After" in out
     assert "403" in out and "model_not_allowed" in out
     assert "All 4 scenarios behaved as expected" in out
+    assert [port for port in announced_ports(out) if listening(port)] == []
+    assert not (tmp_path / "data").exists()  # its data dir was a temporary one
 
-    ports = [int(re.search(rf"{name}:\s+http://127\.0\.0\.1:(\d+)", out)[1]) for name in ("gateway", "mock LLM")]  # type: ignore[index]
-    assert [port for port in ports if listening(port)] == []
-    assert not (tmp_path / "data").exists()
+
+def test_ctrl_c_stops_the_gateway_and_its_mock(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        DEMO,
+        cwd=tmp_path,
+        env=demo_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # rich flushes each print, so lines arrive as printed
+            lines.append(line)
+            if line.startswith("$ quotagate"):  # the gateway is up; provisioning began
+                proc.send_signal(signal.SIGINT)
+                break
+        out = "".join(lines) + proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    assert [port for port in announced_ports(out) if listening(port)] == []

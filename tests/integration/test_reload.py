@@ -45,7 +45,7 @@ def hup_until(gw: Gateway, key: str, expected_policy: str) -> httpx.Response:
 
 def test_sighup_applies_a_good_policy_and_refuses_a_bad_one(gateway: Gateway) -> None:
     key = gateway.tenant_key("acme", "free")
-    assert 'q=10;w=60' in chat(gateway, key).headers["ratelimit-policy"]
+    assert "q=10;w=60" in chat(gateway, key).headers["ratelimit-policy"]
 
     doc = yaml.safe_load(gateway.config.read_text())
     doc["plans"]["free"]["limits"][0]["requests"] = 20

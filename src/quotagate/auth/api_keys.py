@@ -7,6 +7,7 @@ misses) so a flood of made-up keys costs one query per id, and the cache is boun
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -50,6 +51,8 @@ class KeyAuthenticator:
         self.ttl = ttl
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
+        # One query per key id at a time: a burst on a cold key waits for the first.
+        self._loading: dict[str, asyncio.Future[_Entry]] = {}
 
     async def authenticate(self, plaintext: str) -> Principal:
         key_id = parse_key_id(plaintext)
@@ -66,6 +69,24 @@ class KeyAuthenticator:
         return entry.principal
 
     async def _load(self, key_id: str) -> _Entry:
+        pending = self._loading.get(key_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        self._loading[key_id] = future
+        try:
+            entry = await self._query(key_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when alone
+            raise
+        else:
+            future.set_result(entry)
+            return entry
+        finally:
+            del self._loading[key_id]
+
+    async def _query(self, key_id: str) -> _Entry:
         try:
             row = await self._db.find_key(key_id)
         except Exception as exc:  # the driver's errors vary; all mean "cannot check now"

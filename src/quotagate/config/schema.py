@@ -118,6 +118,9 @@ class LimitRule(Frozen):
     concurrent: int | None = Field(default=None, gt=0)  # requests in flight at once
     per: Duration | None = None
     burst: int | None = Field(default=None, gt=0)
+    # gcra: a bucket refilled continuously (bursts up to `burst`); sliding_window: at
+    # most `requests` in any window of length `per` (a log per counter: exact, dearer).
+    algorithm: Literal["gcra", "sliding_window"] = "gcra"
     # When the store cannot answer: allow, refuse with 503, or decide per instance.
     on_store_error: Literal["open", "closed", "local"] = "local"
     # A concurrency lease of a gateway that died frees itself after this long; keep it
@@ -142,6 +145,8 @@ class LimitRule(Frozen):
             raise ValueError("a requests limit needs a window: per")
         if self.concurrent is not None and (self.per is not None or self.burst is not None):
             raise ValueError("a concurrent limit takes no per or burst")
+        if self.algorithm == "sliding_window" and self.burst is not None:
+            raise ValueError("a sliding_window limit takes no burst")
         return self
 
     @property

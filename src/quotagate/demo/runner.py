@@ -56,18 +56,18 @@ def _run_in(console: Console, stack: Stack, scenarios: Sequence[Scenario]) -> in
     finally:
         with _signals_ignored(), console.status("stopping the gateway and its mock LLM…"):
             stack.stop()
-        console.print("Stopped the gateway and its mock LLM; removed the data dir.")
+        console.print("Stopped the gateway and its mock LLM.")
 
 
 def _play_all(console: Console, stack: Stack, scenarios: Sequence[Scenario]) -> int:
-    from .stage import Stage
+    from .stage import Stage  # lazily, as it imports openai: see run_demo
 
     console.print(Rule("[bold]quotagate demo[/bold]"))
     with console.status("starting the gateway (bundled policy) and its mock LLM…"):
         stack.start()
     console.print(f"gateway:  {stack.gateway_url}  (quotagate serve, bundled policy)")
     console.print(f"mock LLM: {stack.mock_url}  (the upstream, started by the gateway)")
-    console.print(f"data dir: {stack.data_dir}  (temporary)", highlight=False)
+    console.print(f"data dir: {stack.data_dir}  (temporary, removed at exit)", highlight=False)
     operator = Operator(stack.env, console)
     stage = Stage(console, stack.gateway_url, provision(operator), operator)
     console.print(accounts_table(stage.accounts))
@@ -76,7 +76,7 @@ def _play_all(console: Console, stack: Stack, scenarios: Sequence[Scenario]) -> 
 
 
 def _play_one(stage: Stage, number: int, scenario: Scenario) -> Outcome:
-    import openai
+    import openai  # lazily: see run_demo
 
     stage.console.print()
     stage.console.print(Rule(f"[bold]{number}. {scenario.title}[/bold]", align="left"))
@@ -103,7 +103,7 @@ def _summarise(console: Console, stack: Stack, outcomes: list[Outcome]) -> int:
     failed = [title for title, failures in outcomes if failures]
     if failed:
         console.print(f"[red]Failed:[/red] {', '.join(failed)}. The gateway's log ends:")
-        console.print(stack.log_tail(), markup=False, highlight=False, style="dim")
+        console.print(stack.log_tail(lines=30), markup=False, highlight=False, style="dim")
         return 1
     console.print(f"[green]All {len(outcomes)} scenarios behaved as expected.[/green]")
     return 0

@@ -93,9 +93,9 @@ class Stack:
             time.sleep(0.05)
         raise StackError(f"the gateway was not ready in {READY_TIMEOUT:g}s:\n{self.log_tail()}")
 
-    def log_tail(self, chars: int = 3000) -> str:
+    def log_tail(self, lines: int = 40) -> str:
         with suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-chars:]
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
     def stop(self) -> None:

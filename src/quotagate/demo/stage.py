@@ -7,12 +7,14 @@ official ``openai`` SDK, shows what happened, and records each expectation with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
 
 from .accounts import Account, Operator
 
@@ -65,7 +67,11 @@ class Reply:
     def answer(self) -> str:
         if self.completion is not None:
             return self.completion.choices[0].message.content or ""
-        return f"{self.error.code}: {self.error.message}" if self.error else ""
+        if self.error is None:
+            return ""
+        body = self.error.body  # the error object; its message lacks the SDK's prefix
+        message = body.get("message") if isinstance(body, dict) else None
+        return f"{self.error.code}: {message or self.error.message}"
 
 
 def chat(client: openai.OpenAI, model: str, prompt: str) -> Reply:
@@ -76,6 +82,15 @@ def chat(client: openai.OpenAI, model: str, prompt: str) -> Reply:
     except openai.APIStatusError as exc:  # RateLimitError, PermissionDeniedError, ...
         return Reply(exc.status_code, exc.response.headers, error=exc)
     return Reply(raw.status_code, raw.headers, completion=raw.parse())
+
+
+@contextmanager
+def live_view(console: Console, renderable: RenderableType) -> Iterator[Live]:
+    """A live display that also ends its line when the output is not a terminal."""
+    with Live(renderable, console=console, refresh_per_second=30) as live:
+        yield live
+    if not console.is_terminal:  # rich only ends the line itself on a terminal
+        console.line()
 
 
 def user_says(prompt: str) -> list[ChatCompletionMessageParam]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from quotagate.errors import ServiceUnavailable
 from quotagate.limits.policy import CompiledLimit
-from quotagate.observability.metrics import DEGRADED, STORE_ERRORS
+from quotagate.observability.metrics import DEGRADED, NEGATIVE_CACHE_HITS, STORE_ERRORS
 from quotagate.store.base import (
     Admission,
     Check,
@@ -99,6 +99,13 @@ class LimitEngine:
         self._refusing: dict[str, tuple[float, Admission]] = {}
         self._degraded = 0
         self._next_log = 0.0
+        self._last_error = ""
+
+    async def start(self) -> None:
+        try:
+            await self.store.start()
+        except StoreUnavailable as exc:
+            log.warning("limit store not reachable at start-up (%s); limits degrade", exc)
 
     async def admit(self, limits: Sequence[CompiledLimit], checks: Sequence[Check]) -> Admission:
         if not self.remote:
@@ -111,6 +118,7 @@ class LimitEngine:
                 async with asyncio.timeout(self.settings.timeout):
                     admission = await self.store.acquire(checks)
             except (StoreUnavailable, TimeoutError) as exc:
+                self._last_error = str(exc) or type(exc).__name__
                 STORE_ERRORS.labels(type(exc).__name__).inc()
                 self.breaker.record(False, self._clock())
             else:
@@ -139,7 +147,7 @@ class LimitEngine:
             if until <= now:
                 del self._refusing[check.key]
                 continue
-            DEGRADED.labels("negative_cache").inc()
+            NEGATIVE_CACHE_HITS.inc()
             return _aged(admission, until - now)
         return None
 
@@ -185,7 +193,9 @@ class LimitEngine:
         now = self._clock()
         if now >= self._next_log:
             log.warning(
-                "limit store unavailable: %d degraded decisions in the last %.0fs (breaker %s)",
+                "limit store unavailable (%s): %d degraded decisions in the last %.0fs "
+                "(breaker %s)",
+                self._last_error,
                 self._degraded,
                 _LOG_EVERY,
                 self.breaker.state,

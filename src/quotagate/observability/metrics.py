@@ -31,11 +31,15 @@ RELOADS = Counter(
 )
 DEGRADED = Counter(
     "quotagate_limit_degraded_decisions",
-    "Limit decisions taken without the store, by how (open, closed, local, negative_cache).",
+    "Limit decisions taken without the store, by failure policy (open, closed, local).",
     ("mode",),
 )
 STORE_ERRORS = Counter(
     "quotagate_store_errors",
     "Limit store calls that failed or timed out, by error.",
     ("error",),
+)
+NEGATIVE_CACHE_HITS = Counter(
+    "quotagate_limit_negative_cache_hits",
+    "Requests refused locally because their counter was known to refuse until later.",
 )

@@ -7,6 +7,7 @@ import orjson
 from quotagate.config.snapshot import CompiledPlan
 from quotagate.errors import NotFound, PermissionDenied
 from quotagate.pipeline.context import RequestContext
+from quotagate.pipeline.parse import TOKEN_FIELDS
 from quotagate.pipeline.stage import PolicySource
 
 
@@ -40,9 +41,11 @@ class Authorize:
                 code="max_tokens_exceeded",
                 param="max_tokens",
             )
-        # Clamp (or fill in the plan's cap when the request names none): the body is
-        # re-encoded only in this case; otherwise the client's bytes go upstream as sent.
-        field = "max_completion_tokens" if "max_completion_tokens" in ctx.payload else "max_tokens"
-        ctx.payload[field] = cap
+        # Clamp every field over the cap (or fill in the cap when the request names
+        # none): the body is re-encoded only here; otherwise the client's bytes go
+        # upstream as sent.
+        present = [f for f in TOKEN_FIELDS if ctx.payload.get(f) is not None]
+        for field in present or ["max_tokens"]:
+            ctx.payload[field] = min(ctx.payload.get(field) or cap, cap)
         ctx.max_tokens = cap
         ctx.body = orjson.dumps(ctx.payload)

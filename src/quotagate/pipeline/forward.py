@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 
 # Upstream response headers a client may see; everything else (hop-by-hop, the
 # upstream's own rate-limit and request-id headers) stays behind.
-_PASS = frozenset({"content-type", "content-encoding", "openai-processing-ms", "openai-version"})
+_PASS = frozenset(
+    {"content-type", "content-encoding", "openai-processing-ms", "openai-version", "retry-after"}
+)
 
 
 def _passed_headers(resp: aiohttp.ClientResponse) -> Headers:
@@ -63,7 +65,9 @@ class Forward:
             resp.release()
 
     async def _relay(self, ctx: RequestContext, resp: aiohttp.ClientResponse) -> None:
-        if resp.status >= 500:
+        # 5xx, and 401/403 (the gateway's own upstream credential was refused: never the
+        # client's fault, and never to be confused with the client's key) are 502s.
+        if resp.status >= 500 or resp.status in (401, 403):
             raise UpstreamError(f"The model server for {ctx.model} answered {resp.status}.")
         headers = _passed_headers(resp)
         if resp.content_type == "text/event-stream":

@@ -6,6 +6,8 @@ awaits ``ctx.leases`` release through the engine).
 
 from __future__ import annotations
 
+import os
+
 from quotagate.config.snapshot import CompiledPlan
 from quotagate.errors import RateLimited
 from quotagate.limits.engine import LimitEngine
@@ -35,7 +37,8 @@ class Limit:
         if not plan.limits:
             return
         values = scope_values(ctx)
-        checks = [limit.check(values, ctx.request_id) for limit in plan.limits]
+        unique = os.urandom(8).hex()  # lease / log entry id: never the client's request id
+        checks = [limit.check(values, unique) for limit in plan.limits]
         admission = await self._engine.admit(plan.limits, checks)
         ctx.response_headers.extend(rate_limit_headers(plan.limits, admission, plan.policy_header))
         if not admission.allowed:

@@ -33,15 +33,21 @@ async def read_body(ctx: RequestContext, cap: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
 def _max_tokens(payload: dict[str, Any]) -> int | None:
-    for field in ("max_completion_tokens", "max_tokens"):
+    """The largest output cap the request names: both fields are checked, since an
+    upstream may honour either."""
+    largest = None
+    for field in TOKEN_FIELDS:
         value = payload.get(field)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadRequest(f"'{field}' must be a positive integer.", param=field)
-        return value
-    return None
+        largest = value if largest is None else max(largest, value)
+    return largest
 
 
 class Parse:

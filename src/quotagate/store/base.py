@@ -40,7 +40,17 @@ class LeaseCheck:
     ttl: float  # seconds: a lease whose gateway died frees itself after this
 
 
-Check = RateCheck | LeaseCheck
+@dataclass(slots=True, frozen=True)
+class WindowCheck:
+    """A sliding-window log: at most ``limit`` requests in any ``window`` seconds."""
+
+    key: str
+    limit: int
+    window: float
+    entry_id: str  # unique per request: the log's member
+
+
+Check = RateCheck | LeaseCheck | WindowCheck
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,6 +77,10 @@ class LimitStore(Protocol):
         ...
 
     async def release(self, leases: Sequence[LeaseCheck]) -> None: ...
+
+    async def start(self) -> None:
+        """Prepare before traffic; raises ``StoreUnavailable`` if the store is down."""
+        ...
 
     async def ping(self) -> bool: ...
 

@@ -7,10 +7,18 @@ thread. Uses a monotonic clock (injected for tests) so wall-clock jumps change n
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from quotagate.limits.gcra import gcra_step
-from quotagate.store.base import Admission, Check, CheckOutcome, LeaseCheck, RateCheck
+from quotagate.store.base import (
+    Admission,
+    Check,
+    CheckOutcome,
+    LeaseCheck,
+    RateCheck,
+    WindowCheck,
+)
 
 # Sweep full (expired) buckets every this many acquisitions: amortised O(1), keeps
 # memory bounded by the number of keys active within one refill period.
@@ -23,6 +31,8 @@ class MemoryStore:
         self._clock = clock
         self._tats: dict[str, float] = {}
         self._leases: dict[str, dict[str, float]] = {}
+        self._logs: dict[str, deque[float]] = {}
+        self._log_windows: dict[str, float] = {}
         self._until_sweep = _SWEEP_EVERY
 
     async def acquire(self, checks: Sequence[Check]) -> Admission:
@@ -36,6 +46,8 @@ class MemoryStore:
         for index, check in enumerate(checks):
             if isinstance(check, RateCheck):
                 allowed, write, outcome = self._rate(check, now)
+            elif isinstance(check, WindowCheck):
+                allowed, write, outcome = self._window(check, now)
             else:
                 allowed, write, outcome = self._lease(check, now)
             outcomes.append(outcome)
@@ -47,6 +59,9 @@ class MemoryStore:
         for check, write in zip(checks, writes, strict=True):
             if isinstance(check, RateCheck):
                 self._tats[check.key] = write
+            elif isinstance(check, WindowCheck):
+                self._logs.setdefault(check.key, deque()).append(write)
+                self._log_windows[check.key] = check.window
             else:
                 self._leases.setdefault(check.key, {})[check.lease_id] = write
         self._maybe_sweep(now)
@@ -57,6 +72,18 @@ class MemoryStore:
             self._tats.get(check.key, now), now, check.interval, check.capacity, check.cost
         )
         return r.allowed, r.new_tat, CheckOutcome(r.remaining, r.reset_after, r.retry_after)
+
+    def _window(self, check: WindowCheck, now: float) -> tuple[bool, float, CheckOutcome]:
+        log = self._logs.get(check.key)
+        if log:
+            while log and log[0] <= now - check.window:
+                log.popleft()
+        held = len(log) if log else 0
+        if held < check.limit:
+            return True, now, CheckOutcome(check.limit - held - 1, check.window, 0.0)
+        assert log
+        oldest, newest = log[0], log[-1]
+        return False, 0.0, CheckOutcome(0, newest + check.window - now, oldest + check.window - now)
 
     def _lease(self, check: LeaseCheck, now: float) -> tuple[bool, float, CheckOutcome]:
         held = self._leases.get(check.key)
@@ -93,6 +120,10 @@ class MemoryStore:
         self._until_sweep = _SWEEP_EVERY
         self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
         self._leases = {k: held for k, held in self._leases.items() if held}
+        self._logs = {
+            k: log for k, log in self._logs.items() if log[-1] > now - self._log_windows[k]
+        }
+        self._log_windows = {k: self._log_windows[k] for k in self._logs}
 
     def peek(self, key: str) -> float | None:
         """The stored TAT of ``key`` (for inspection and tests)."""
@@ -103,9 +134,13 @@ class MemoryStore:
         now = self._clock()
         return {k: tat - now for k, tat in self._tats.items() if k.startswith(prefix) and tat > now}
 
+    async def start(self) -> None:
+        return None
+
     async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
         self._tats.clear()
         self._leases.clear()
+        self._logs.clear()

@@ -11,17 +11,17 @@ redis-py's exceptions enter here and leave as ``StoreUnavailable``.
 
 from __future__ import annotations
 
-import uuid
+import asyncio
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from quotagate.store.base import (
     Admission,
@@ -30,9 +30,11 @@ from quotagate.store.base import (
     LeaseCheck,
     RateCheck,
     StoreUnavailable,
+    WindowCheck,
 )
 
 _US = 1_000_000
+_POOL_SIZE = 64  # connections per gateway process (per node in a Cluster)
 
 
 def _script(name: str) -> str:
@@ -51,23 +53,41 @@ def connect(url: str, timeout: float) -> Redis | RedisCluster:
     """A client for ``redis://``, ``rediss://``, ``redis+sentinel://H:P[,H:P]/service``
     or ``redis+cluster://H:P[,H:P]``."""
     parts = urlsplit(url)
-    common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    # No client-side handshake extras (CLIENT SETINFO, maintenance notifications): they
+    # cost a round trip per new connection and, against Redis 7.0, a cold burst on a
+    # Cluster raced in redis-py's connect path (seen as AttributeError on a None writer).
+    common: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "lib_name": None,
+        "lib_version": None,
+    }
     if parts.password:
         common["password"] = parts.password
     if parts.scheme == "redis+cluster":
         nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc)]
-        return RedisCluster(startup_nodes=nodes, **common)
+        return RedisCluster(
+            startup_nodes=nodes,
+            max_connections=_POOL_SIZE * 2,
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            **common,
+        )
     if parts.scheme == "redis+sentinel":
         service = parts.path.strip("/").split("/")[0] or "mymaster"
         sentinel = Sentinel(_hosts(parts.netloc), **common)  # type: ignore[no-untyped-call]
         master: Redis = sentinel.master_for(service)
         return master
-    return Redis.from_url(url, **common)
+    # A blocking pool: under a burst, callers wait for a connection (bounded by the
+    # engine's deadline) instead of failing at max_connections.
+    pool = BlockingConnectionPool.from_url(url, max_connections=_POOL_SIZE, **common)
+    return Redis(connection_pool=pool)
 
 
 def _args(check: Check) -> tuple[str | int | float, ...]:
     if isinstance(check, RateCheck):
         return ("g", check.interval * _US, check.capacity, check.cost)
+    if isinstance(check, WindowCheck):
+        return ("w", check.limit, round(check.window * _US), check.entry_id)
     return ("l", check.limit, round(check.ttl * _US), check.lease_id)
 
 
@@ -80,7 +100,18 @@ class RedisStore:
         self._admit = self.client.register_script(_script("admit.lua"))
         self._adjust = self.client.register_script(_script("adjust.lua"))
         self._release = self.client.register_script(_script("release.lua"))
-        self.instance = uuid.uuid4().hex[:12]
+        # Bounds commands in flight per process: a burst queues here (inside the
+        # engine's deadline) rather than opening connections without limit.
+        self._slots = asyncio.Semaphore(_POOL_SIZE)
+
+    async def start(self) -> None:
+        """Load the scripts on every primary before traffic, so a cold burst does not
+        meet NOSCRIPT all at once (EVALSHA still reloads on NOSCRIPT after a restart)."""
+        try:
+            for script in (self._admit, self._adjust, self._release):
+                await self.client.script_load(script.script)
+        except Exception as exc:  # not fatal: the gateway starts degraded and recovers
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     async def acquire(self, checks: Sequence[Check]) -> Admission:
         if not self.cluster:
@@ -91,8 +122,9 @@ class RedisStore:
         keys = [self.prefix + c.key for c in checks]
         args = [a for c in checks for a in _args(c)]
         try:
-            reply = await self._admit(keys=keys, args=args)
-        except (TimeoutError, RedisError, OSError) as exc:
+            async with self._slots:
+                reply = await self._admit(keys=keys, args=args)
+        except Exception as exc:  # redis-py raises more than RedisError on broken links
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
         outcomes = tuple(
             CheckOutcome(int(reply[i]), reply[i + 1] / _US, reply[i + 2] / _US)
@@ -124,6 +156,9 @@ class RedisStore:
     async def _compensate(self, admitted: Sequence[Check]) -> None:
         rates = [c for c in admitted if isinstance(c, RateCheck)]
         leases = [c for c in admitted if isinstance(c, LeaseCheck)]
+        # A window log entry is removed like a lease (same ZREM by member).
+        leases += [LeaseCheck(c.key, c.limit, c.entry_id, 0.0) for c in admitted
+                   if isinstance(c, WindowCheck)]  # fmt: skip
         if rates:
             await self.adjust(rates, [-c.cost for c in rates])
         if leases:
@@ -150,14 +185,15 @@ class RedisStore:
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> None:
         try:
-            await script(keys=keys, args=args)
-        except (TimeoutError, RedisError, OSError) as exc:
+            async with self._slots:
+                await script(keys=keys, args=args)
+        except Exception as exc:  # redis-py raises more than RedisError on broken links
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (TimeoutError, RedisError, OSError):
+        except Exception:
             return False
 
     async def close(self) -> None:

@@ -30,8 +30,17 @@ def test_keys_are_unique() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "qg-", "sk-123", "qg-abc_def", "qg-0123456789ab-rest", "qg-0123456789AB_x",
-     "qg-0123456789ab_", "qg-0123456789ab_" + "x" * 200, "Qg-0123456789ab_xyz"],
+    [
+        "",
+        "qg-",
+        "sk-123",
+        "qg-abc_def",
+        "qg-0123456789ab-rest",
+        "qg-0123456789AB_x",
+        "qg-0123456789ab_",
+        "qg-0123456789ab_" + "x" * 200,
+        "Qg-0123456789ab_xyz",
+    ],
 )
 def test_malformed_keys_have_no_id(bad: str) -> None:
     assert parse_key_id(bad) is None

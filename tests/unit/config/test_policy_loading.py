@@ -93,8 +93,15 @@ def test_parse_duration_refuses(bad: object) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0.25, "250ms"), (1, "1s"), (6, "6s"), (59.2, "1m0s"), (60, "1m0s"), (360, "6m0s"),
-     (3723, "1h2m3s")],
+    [
+        (0.25, "250ms"),
+        (1, "1s"),
+        (6, "6s"),
+        (59.2, "1m0s"),
+        (60, "1m0s"),
+        (360, "6m0s"),
+        (3723, "1h2m3s"),
+    ],
 )
 def test_go_durations(seconds: float, text: str) -> None:
     assert format_go_duration(seconds) == text

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quotagate.limits.gcra import gcra_step
-from quotagate.store.base import RateCheck
+from quotagate.store.base import RateCheck, WindowCheck
 from quotagate.store.memory import MemoryStore
 
 
@@ -102,3 +102,21 @@ def test_never_more_than_burst_plus_refill_in_any_window(amount: int, gaps: list
     for i, start in enumerate(admitted):
         inside = [t for t in admitted[i:] if t - start < window]
         assert len(inside) <= amount + (window / check.interval)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(1, 30),
+    gaps=st.lists(st.floats(0, 3, allow_nan=False), min_size=1, max_size=200),
+)
+def test_sliding_window_never_more_than_limit_in_any_window(limit: int, gaps: list[float]) -> None:
+    clock = FakeClock(0.0)
+    store = MemoryStore(clock)
+    window = 10.0
+    admitted: list[float] = []
+    for i, gap in enumerate(gaps):
+        clock.now += gap
+        if store.acquire_now([WindowCheck("k", limit, window, str(i))]).allowed:
+            admitted.append(clock.now)
+    for i, start in enumerate(admitted):
+        assert len([t for t in admitted[i:] if t - start < window]) <= limit

@@ -2,6 +2,7 @@
 -- KEYS[i]: the counter of check i. ARGV: four values per check: kind, a, b, c.
 --   kind "g" (GCRA):        a = interval µs, b = capacity units, c = cost units
 --   kind "l" (lease):       a = limit, b = lease ttl µs, c = lease id
+--   kind "w" (sliding log): a = limit, b = window µs, c = entry id (one request)
 -- All checks are evaluated first; only if every one allows are any written
 -- (all-or-nothing: a denied request consumes nothing).
 -- Returns {allowed 0/1, denied index (1-based, 0 if none), then per check:
@@ -29,6 +30,18 @@ for i = 1, n do
     out[#out + 1] = held - now
     out[#out + 1] = allowed and 0 or (allow_at - now)
     if allowed then writes[i] = new_tat elseif out[2] == 0 then out[1] = 0; out[2] = i end
+  elseif kind == 'w' then
+    local window = tonumber(b)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    local held = redis.call('ZCARD', key)
+    local allowed = held < a
+    local oldest = tonumber((redis.call('ZRANGE', key, 0, 0, 'WITHSCORES'))[2] or now)
+    local newest = allowed and now or
+      tonumber((redis.call('ZRANGE', key, -1, -1, 'WITHSCORES'))[2] or now)
+    out[#out + 1] = allowed and (a - held - 1) or 0
+    out[#out + 1] = newest + window - now
+    out[#out + 1] = allowed and 0 or (oldest + window - now)
+    if allowed then writes[i] = now elseif out[2] == 0 then out[1] = 0; out[2] = i end
   else
     local ttl = tonumber(b)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -44,8 +57,12 @@ end
 if out[1] == 1 then
   for i = 1, n do
     local key, j = KEYS[i], (i - 1) * 4
-    if ARGV[j + 1] == 'g' then
+    local kind = ARGV[j + 1]
+    if kind == 'g' then
       redis.call('SET', key, writes[i], 'PX', math.ceil((writes[i] - now) / 1000) + 1)
+    elseif kind == 'w' then
+      redis.call('ZADD', key, now, ARGV[j + 4])
+      redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[j + 3]) / 1000) + 1)
     else
       redis.call('ZADD', key, writes[i], ARGV[j + 4])
       redis.call('PEXPIRE', key, math.ceil((writes[i] - now) / 1000) + 1)

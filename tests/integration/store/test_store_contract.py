@@ -1,0 +1,118 @@
+"""The store contract, one test body for memory, standalone Redis and a 3-master Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from quotagate.store.base import LeaseCheck, LimitStore, RateCheck, WindowCheck
+
+
+def rate(key: str, amount: int, per: float = 60.0, cost: int = 1) -> RateCheck:
+    return RateCheck(key, per / amount, amount, cost)
+
+
+async def test_admits_exactly_the_bucket_then_refuses_with_retry_after(store: LimitStore) -> None:
+    results = [await store.acquire([rate("rl:{t:a}:k", 10)]) for _ in range(15)]
+    assert [r.allowed for r in results] == [True] * 10 + [False] * 5
+    assert [r.outcomes[0].remaining for r in results[:10]] == list(range(9, -1, -1))
+    refused = results[10].outcomes[0]
+    assert 5.0 < refused.retry_after <= 6.0
+    assert 59.0 < refused.reset_after <= 60.0
+    assert results[10].denied == 0
+
+
+async def test_concurrent_acquisitions_are_exact(store: LimitStore) -> None:
+    check = rate("rl:{t:b}:k", 50)
+    results = await asyncio.gather(*(store.acquire([check]) for _ in range(300)))
+    assert sum(r.allowed for r in results) == 50
+
+
+async def test_denial_consumes_nothing_across_tenant_and_global_slots(store: LimitStore) -> None:
+    """A request under its key limit but over its tenant limit consumes neither; a
+    cross-slot global counter admitted first is compensated."""
+    tenant = rate("rl:{t:c}:tenant", 3)
+    glob = rate("rl:{}:global", 1000)
+    for i in range(3):
+        assert (await store.acquire([glob, rate(f"rl:{{t:c}}:key{i}", 10), tenant])).allowed
+    denied = await store.acquire([glob, rate("rl:{t:c}:key9", 10), tenant])
+    assert not denied.allowed and denied.denied == 2
+    # key9 was not consumed: its full bucket of 10 is still there
+    assert (await store.acquire([rate("rl:{t:c}:key9", 10)])).outcomes[0].remaining == 9
+    # the global counter holds exactly the 3 admitted requests
+    assert (await store.acquire([glob])).outcomes[0].remaining == 1000 - 4
+
+
+async def test_adjust_refunds_and_charges(store: LimitStore) -> None:
+    check = rate("rl:{t:d}:tokens", 100, cost=40)
+    assert (await store.acquire([check])).outcomes[0].remaining == 60
+    await store.adjust([check], [-30])  # used 10 of the 40 reserved
+    probe = RateCheck(check.key, check.interval, check.capacity, 1)
+    assert (await store.acquire([probe])).outcomes[0].remaining == 89
+    await store.adjust([check], [50])  # charged more than reserved
+    assert (await store.acquire([probe])).outcomes[0].remaining == 38
+
+
+async def test_refund_cannot_exceed_a_full_bucket(store: LimitStore) -> None:
+    check = rate("rl:{t:e}:k", 10)
+    await store.acquire([check])
+    await store.adjust([check], [-100])
+    assert (await store.acquire([check])).outcomes[0].remaining == 9
+
+
+async def test_leases_cap_in_flight_and_free_on_release(store: LimitStore) -> None:
+    def lease(i: int) -> LeaseCheck:
+        return LeaseCheck("cc:{t:f}:tenant", 2, f"req{i}", 60.0)
+
+    assert (await store.acquire([lease(1)])).allowed
+    assert (await store.acquire([lease(2)])).allowed
+    assert not (await store.acquire([lease(3)])).allowed
+    await store.release([lease(1)])
+    assert (await store.acquire([lease(3)])).allowed
+
+
+async def test_leases_of_a_dead_holder_expire_after_their_ttl(store: LimitStore) -> None:
+    ttl = 0.3
+    started = time.monotonic()
+    for i in range(2):
+        assert (await store.acquire([LeaseCheck("cc:{t:g}:t", 2, f"dead{i}", ttl)])).allowed
+    probe = LeaseCheck("cc:{t:g}:t", 2, "alive", ttl)
+    while not (await store.acquire([probe])).allowed:
+        assert time.monotonic() - started < 5, "leases never expired"
+        await asyncio.sleep(0.02)  # poll interval
+    assert time.monotonic() - started >= ttl * 0.9
+
+
+async def test_refill_admits_again_after_the_interval(store: LimitStore) -> None:
+    check = RateCheck("rl:{t:h}:fast", 0.2, 2, 1)  # 2 per 400 ms
+    assert (await store.acquire([check])).allowed
+    assert (await store.acquire([check])).allowed
+    refused = await store.acquire([check])
+    assert not refused.allowed
+    await asyncio.sleep(refused.outcomes[0].retry_after + 0.01)  # the time the store named
+    assert (await store.acquire([check])).allowed
+
+
+async def test_sliding_window_admits_exactly_the_limit_then_frees_the_oldest(
+    store: LimitStore,
+) -> None:
+    def entry(i: int) -> WindowCheck:
+        return WindowCheck("rl:{t:w}:k", 5, 0.5, f"e{i}")
+
+    started = time.monotonic()
+    results = [await store.acquire([entry(i)]) for i in range(8)]
+    assert [r.allowed for r in results] == [True] * 5 + [False] * 3
+    assert [r.outcomes[0].remaining for r in results[:5]] == [4, 3, 2, 1, 0]
+    retry = results[5].outcomes[0].retry_after
+    assert 0 < retry <= 0.5
+    while not (await store.acquire([entry(100)])).allowed:
+        assert time.monotonic() - started < 5
+        await asyncio.sleep(0.02)  # poll interval
+    assert time.monotonic() - started >= 0.45
+
+
+async def test_sliding_window_is_exact_under_concurrency(store: LimitStore) -> None:
+    results = await asyncio.gather(
+        *(store.acquire([WindowCheck("rl:{t:x}:k", 40, 60.0, f"c{i}")]) for i in range(200))
+    )
+    assert sum(r.allowed for r in results) == 40
