@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import logging
+import signal
 import subprocess
 import sys
 import time

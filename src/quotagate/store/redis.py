@@ -53,19 +53,19 @@ def connect(url: str, timeout: float) -> Redis | RedisCluster:
     """A client for ``redis://``, ``rediss://``, ``redis+sentinel://H:P[,H:P]/service``
     or ``redis+cluster://H:P[,H:P]``."""
     parts = urlsplit(url)
-    # No client-side handshake extras (CLIENT SETINFO, maintenance notifications): they
-    # cost a round trip per new connection and, against Redis 7.0, a cold burst on a
-    # Cluster raced in redis-py's connect path (seen as AttributeError on a None writer).
+    # driver_info=None: no CLIENT SETINFO handshake. It costs a round trip per new
+    # connection, and on a cold burst against a Cluster it raced in redis-py's connect
+    # path (AttributeError on a None writer, reproduced by the store contract tests).
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "lib_name": None,
-        "lib_version": None,
+        "driver_info": None,
     }
     if parts.password:
         common["password"] = parts.password
     if parts.scheme == "redis+cluster":
         nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc)]
+        # Maintenance notifications off: Redis 7.0 refuses that handshake anyway.
         return RedisCluster(
             startup_nodes=nodes,
             max_connections=_POOL_SIZE * 2,
