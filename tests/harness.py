@@ -144,8 +144,8 @@ class Gateway:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Gateway:
-        args = ["serve", "--config", str(self.config), "--log-level", "debug"]
+    def start(self, *extra: str) -> Gateway:
+        args = ["serve", "--config", str(self.config), "--log-level", "debug", *extra]
         log = self.tmp / f"gateway-{self.port}.log"
         self.process = start(args, log, "/healthz", self.port, self.env)
         return self

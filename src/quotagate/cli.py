@@ -67,6 +67,9 @@ def serve(
     config: ConfigOpt = None,
     listen: Annotated[str | None, typer.Option(help="HOST:PORT (overrides the policy).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes sharing the port (needs a Redis store).")
+    ] = 1,
 ) -> None:
     """Run the gateway (the bundled default policy when no --config is given)."""
     from quotagate.quickstart import announce
@@ -76,8 +79,11 @@ def serve(
     )
     settings = Settings.from_env(config)
     policy = _policy(settings)
-    from quotagate.server import run_gateway
+    from quotagate.server import run_gateway, run_workers
 
+    if workers > 1:
+        run_workers(policy, settings, workers, listen)
+        return
     on_ready = announce(policy, settings, listen) if settings.config_path is None else None
     run_gateway(policy, settings, listen, log_level="warning", on_ready=on_ready)
 

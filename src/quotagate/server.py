@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import uvicorn
 import uvloop
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from quotagate.app import Gateway, GatewayApp
+from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy
-from quotagate.settings import Settings
+from quotagate.errors import ConfigError
+from quotagate.settings import CONFIG_ENV, Settings
 
 log = logging.getLogger("quotagate")
 
@@ -74,6 +79,47 @@ def embedded_mock(policy: Policy) -> Iterator[None]:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, but SIGHUP first validates the policy: a bad file
+    is refused and the running workers keep the last good one."""
+
+    def handle_hup(self) -> None:
+        try:
+            load_policy(os.environ.get(CONFIG_ENV))
+        except ConfigError as exc:
+            log.error("policy reload refused, keeping the running workers: %s", exc)
+            return
+        super().handle_hup()
+
+
+def worker_app() -> GatewayApp:
+    """The app factory each worker process calls (settings come from the environment)."""
+    settings = Settings.from_env()
+    return GatewayApp(Gateway(load_policy(settings.config_path), settings))
+
+
+def run_workers(policy: Policy, settings: Settings, workers: int, listen: str | None) -> None:
+    """Serve with ``workers`` processes sharing one listening socket."""
+    if policy.store.url.startswith("memory://"):
+        raise SystemExit(
+            "--workers > 1 needs a shared store: with store.url memory:// every worker "
+            "would keep its own counters and the limits would multiply by the number of "
+            "workers. Set store.url to redis://… (or run one worker)."
+        )
+    if settings.config_path:
+        os.environ[CONFIG_ENV] = str(Path(settings.config_path).resolve())
+    host, port = split_listen(listen or policy.server.listen)
+    config = uvicorn.Config(
+        "quotagate.server:worker_app", factory=True, host=host, port=port, workers=workers,
+        loop="uvloop", http="httptools", lifespan="on", access_log=False,
+        log_level="warning", server_header=False,
+    )  # fmt: skip
+    sock = config.bind_socket()
+    log.info("quotagate listening on http://%s:%d with %d workers", host, port, workers)
+    with embedded_mock(policy):
+        _Supervisor(config, sockets=[sock]).run()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

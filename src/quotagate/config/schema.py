@@ -21,7 +21,7 @@ class Frozen(BaseModel):
 
 def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"invalid listen address {value!r}: expected HOST:PORT")
     return value
 
