@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,9 +23,11 @@ app = typer.Typer(help="quotagate: an API gateway for AI model endpoints.", no_a
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 config_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
+limits_app = typer.Typer(help="Look at live limit counters.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
+app.add_typer(limits_app, name="limits")
 err = Console(stderr=True)
 T = TypeVar("T")
 
@@ -262,6 +265,57 @@ def config_check(
     typer.echo(
         f"ok: {file or '(bundled default)'}: {len(policy.models)} models, {len(policy.plans)} plans"
     )
+
+
+@limits_app.command("inspect")
+def limits_inspect(
+    tenant: Annotated[str | None, typer.Option(help="The tenant whose counters to show.")] = None,
+    key: Annotated[str | None, typer.Option(help="Only this key's counters (a key id).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the live counters of a tenant or a key, read from the Redis store."""
+    from quotagate.config.snapshot import Snapshot
+    from quotagate.limits.inspect import inspect_tenant
+    from quotagate.store.redis import connect
+
+    if tenant is None and key is None:
+        err.print("[red]error:[/red] give --tenant NAME or --key KEY_ID")
+        raise typer.Exit(2)
+
+    async def action(db: Database, policy: Policy, _: Settings) -> list[dict[str, object]]:
+        if policy.store.url.startswith("memory://"):
+            raise DatabaseError(
+                "the memory store lives inside the gateway process; inspect reads a Redis "
+                "store (store.url redis://…)"
+            )
+        if key is not None:
+            row = await db.find_key(key)
+            if row is None:
+                raise DatabaseError(f"no key with id {key!r}")
+            tenant_id = row.tenant_id
+        else:
+            tenant_id = (await db.get_tenant(str(tenant))).id
+        client = connect(policy.store.url, timeout=5.0)
+        try:
+            states = await inspect_tenant(
+                client, policy.store.prefix, tenant_id, Snapshot.compile(policy), key
+            )
+        finally:
+            await client.aclose()
+        return [dataclasses.asdict(s) for s in states]
+
+    rows = _with_db(config, action)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("limit", "algorithm", "amount", "used", "remaining", "full again in")
+    for r in rows:
+        table.add_row(
+            str(r["limit"]), str(r["algorithm"]), str(r["amount"]), str(r["used"]),
+            str(r["remaining"]), f"{float(str(r['resets_in'])):.1f}s",
+        )  # fmt: skip
+    Console().print(table if rows else "no live counters")
 
 
 def main() -> None:
