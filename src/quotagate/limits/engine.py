@@ -29,6 +29,7 @@ from quotagate.store.base import (
     LimitStore,
     RateCheck,
     StoreUnavailable,
+    WindowCheck,
 )
 from quotagate.store.memory import MemoryStore
 
@@ -155,9 +156,9 @@ class LimitEngine:
         if admission.allowed:
             return
         check = checks[admission.denied]
-        # Only a single-unit rate check refuses every request until retry_after; a
-        # larger amount or a lease could fit sooner.
-        if isinstance(check, RateCheck) and check.cost == 1:
+        # A single-unit rate check or a full window refuses every request until
+        # retry_after; a larger amount or a lease (freed at any moment) could fit sooner.
+        if (isinstance(check, RateCheck) and check.cost == 1) or isinstance(check, WindowCheck):
             retry = admission.outcomes[admission.denied].retry_after
             if len(self._refusing) > 100_000:
                 self._refusing.clear()

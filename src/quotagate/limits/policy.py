@@ -35,8 +35,15 @@ class ScopeValues:
         if scope.startswith("header:"):
             wanted = scope[7:].lower().encode()
             value = next((v for k, v in self.headers if k == wanted), b"")
-            return value.decode("latin-1")[:100].replace(":", "_")
+            return _safe(value.decode("latin-1")[:100])
+        if scope == "ip":
+            return _safe(self.ip)  # IPv6 addresses hold ':'
         return str(getattr(self, scope))
+
+
+def _safe(value: str) -> str:
+    """A client-controlled value as one key segment: no separators, no hash tags."""
+    return value.replace(":", "_").replace("{", "(").replace("}", ")")
 
 
 @dataclass(slots=True, frozen=True)
