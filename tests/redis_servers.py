@@ -125,3 +125,45 @@ def start_cluster(tmp: Path, masters: int = 3) -> RedisCluster:
             node.stop()
         raise
     return RedisCluster(nodes)
+
+
+@dataclass
+class RedisSentinel:
+    master: RedisServer
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/mymaster"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.master.stop()
+
+
+def start_sentinel(tmp: Path) -> RedisSentinel:
+    """A private master and one Sentinel watching it as ``mymaster``."""
+    master = start_redis(tmp / "master")
+    port = _free_port_with_bus()
+    conf = tmp / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+        "sentinel down-after-milliseconds mymaster 5000\n"
+    )
+    proc = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL)
+
+    def knows_master() -> bool:
+        with redis.Redis(port=port, socket_timeout=1) as client:
+            return client.sentinel_get_master_addr_by_name("mymaster") is not None
+
+    try:
+        _wait(knows_master, "redis sentinel")
+    except Exception:
+        proc.kill()
+        master.stop()
+        raise
+    return RedisSentinel(master, port, proc)

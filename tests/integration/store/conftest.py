@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
@@ -11,6 +11,7 @@ import redis
 from quotagate.store.base import LimitStore
 from quotagate.store.memory import MemoryStore
 from quotagate.store.redis import RedisStore
+from redis_servers import RedisSentinel, start_sentinel
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -22,13 +23,20 @@ def drop_prefix(prefix: str) -> None:
             client.delete(*keys)
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(scope="session")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
+    started = start_sentinel(tmp_path_factory.mktemp("sentinel"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
     prefix = f"qgtest:{secrets.token_hex(6)}:"
     if request.param == "memory":
         yield MemoryStore()
         return
-    url = SHARED_REDIS if request.param == "redis" else request.getfixturevalue("cluster").url
+    url = SHARED_REDIS if request.param == "redis" else request.getfixturevalue(request.param).url
     backend = RedisStore(url, prefix=prefix, timeout=2.0)
     yield backend
     await backend.close()
