@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,7 +100,6 @@ def test_four_instances_admit_exactly_the_limit(fleet: Gateway) -> None:
     run_exactness(fleet, urls, "hourly")
 
 
-@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs libfaketime (faketime)")
 @pytest.mark.parametrize("fleet", ["redis://127.0.0.1:6379/0"], indirect=True)
 @pytest.mark.parametrize("offset", ["+30s", "-30s"])
 def test_clock_skew_changes_nothing(fleet: Gateway, offset: str) -> None:
