@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 
 from quotagate.store.base import LeaseCheck, LimitStore, RateCheck, WindowCheck
@@ -116,3 +117,29 @@ async def test_sliding_window_is_exact_under_concurrency(store: LimitStore) -> N
         *(store.acquire([WindowCheck("rl:{t:x}:k", 40, 60.0, f"c{i}")]) for i in range(200))
     )
     assert sum(r.allowed for r in results) == 40
+
+
+async def test_sampled_windows_on_the_real_clock(store: LimitStore) -> None:
+    """Random arrivals for ~2 s: no window of length w holds more than the limit
+    (sliding window) or more than burst + w / interval (GCRA). Times are taken when the
+    answer arrives, and the window is shortened by a margin for that latency."""
+    rng = random.Random(7)
+    window, limit = 0.5, 4
+    gcra = RateCheck("rl:{t:s}:gcra", window / limit, limit, 1)
+    admitted: dict[str, list[float]] = {"w": [], "g": []}
+    started = time.monotonic()
+    i = 0
+    while time.monotonic() - started < 2.0:
+        i += 1
+        if (await store.acquire([WindowCheck("rl:{t:s}:win", limit, window, f"s{i}")])).allowed:
+            admitted["w"].append(time.monotonic())
+        if (await store.acquire([gcra])).allowed:
+            admitted["g"].append(time.monotonic())
+        await asyncio.sleep(rng.uniform(0, 0.04))  # random arrival gaps
+    margin = 0.03
+    for kind, bound in (("w", limit), ("g", limit + (window - margin) / gcra.interval)):
+        times = admitted[kind]
+        assert len(times) > limit * 2, kind
+        for j, start in enumerate(times):
+            inside = [t for t in times[j:] if t - start < window - margin]
+            assert len(inside) <= bound, (kind, len(inside))
