@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import signal
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from quotagate.config.schema import Policy, StoreConfig
 from quotagate.config.snapshot import Snapshot
 from quotagate.db.repo import Database
 from quotagate.errors import ConfigError, MethodNotAllowed, NotFound
+from quotagate.ids import new_id
 from quotagate.limits.engine import EngineSettings, LimitEngine
 from quotagate.observability.metrics import RELOADS
 from quotagate.pipeline.authenticate import Authenticate
@@ -194,9 +194,7 @@ def _scan_headers(ctx: RequestContext) -> None:
         elif name == b"x-request-id":
             request_id = value
     # A client's own request id is kept when it is safe to echo and to log.
-    ctx.request_id = (
-        request_id.decode() if _REQUEST_ID.match(request_id) else f"req_{os.urandom(12).hex()}"
-    )
+    ctx.request_id = request_id.decode() if _REQUEST_ID.match(request_id) else f"req_{new_id()}"
 
 
 class GatewayApp:

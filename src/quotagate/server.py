@@ -43,6 +43,10 @@ def uvicorn_config(app: GatewayApp, listen: str, log_level: str = "warning") -> 
         access_log=False,
         log_level=log_level,
         server_header=False,
+        # Client addresses are the socket's: uvicorn's default would trust
+        # X-Forwarded-For from 127.0.0.1, letting a local client pick its own per-IP
+        # counter (trusted proxies are the gateway's job, configured explicitly).
+        proxy_headers=False,
     )
 
 
@@ -114,7 +118,7 @@ def run_workers(policy: Policy, settings: Settings, workers: int, listen: str | 
     config = uvicorn.Config(
         "quotagate.server:worker_app", factory=True, host=host, port=port, workers=workers,
         loop="uvloop", http="httptools", lifespan="on", access_log=False,
-        log_level="warning", server_header=False,
+        log_level="warning", server_header=False, proxy_headers=False,
     )  # fmt: skip
     sock = config.bind_socket()
     log.info("quotagate listening on http://%s:%d with %d workers", host, port, workers)

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from quotagate.errors import ServiceUnavailable
 from quotagate.limits.policy import CompiledLimit
@@ -78,10 +78,10 @@ class Breaker:
 def _scaled(check: Check, instances: int) -> Check:
     """The per-instance share of a limit when each instance decides alone."""
     if isinstance(check, RateCheck):
-        return replace(
-            check, interval=check.interval * instances, capacity=max(1, check.capacity // instances)
+        return check._replace(
+            interval=check.interval * instances, capacity=max(1, check.capacity // instances)
         )
-    return replace(check, limit=max(1, check.limit // instances))
+    return check._replace(limit=max(1, check.limit // instances))
 
 
 class LimitEngine:

@@ -10,14 +10,13 @@ exactly the same thing; stores own the atomicity, never the arithmetic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Float slack: a request arriving at exactly its allowed instant is admitted.
 _EPSILON = 1e-9
 
 
-@dataclass(slots=True, frozen=True)
-class GcraResult:
+class GcraResult(NamedTuple):
     allowed: bool
     new_tat: float  # the state to store when the whole admission succeeds
     remaining: int  # units still available after this request (before, if denied)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from quotagate.config.schema import LimitRule
 from quotagate.store.base import Check, LeaseCheck, RateCheck, WindowCheck
@@ -17,8 +18,7 @@ from quotagate.store.base import Check, LeaseCheck, RateCheck, WindowCheck
 _TENANT_SCOPES = frozenset({"tenant", "key", "user"})
 
 
-@dataclass(slots=True, frozen=True)
-class ScopeValues:
+class ScopeValues(NamedTuple):
     """What counters can be keyed by, for one request."""
 
     tenant: str

@@ -6,10 +6,9 @@ awaits ``ctx.leases`` release through the engine).
 
 from __future__ import annotations
 
-import os
-
 from quotagate.config.snapshot import CompiledPlan
 from quotagate.errors import RateLimited
+from quotagate.ids import new_id
 from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import ScopeValues
@@ -37,7 +36,7 @@ class Limit:
         if not plan.limits:
             return
         values = scope_values(ctx)
-        unique = os.urandom(8).hex()  # lease / log entry id: never the client's request id
+        unique = new_id()  # lease / log entry id: never the client's request id
         checks = [limit.check(values, unique) for limit in plan.limits]
         admission = await self._engine.admit(plan.limits, checks)
         ctx.response_headers.extend(rate_limit_headers(plan.limits, admission, plan.policy_header))

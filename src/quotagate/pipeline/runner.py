@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from quotagate.errors import GatewayError
-from quotagate.observability.metrics import ERRORS, REQUEST_SECONDS, REQUESTS
+from quotagate.observability.metrics import ERRORS, request_counter, request_timer
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import ClientDisconnected
 from quotagate.pipeline.responses import send_error
@@ -66,5 +66,5 @@ class Pipeline:
     def _observe(ctx: RequestContext, started: float) -> None:
         endpoint = ctx.endpoint.name
         model = ctx.model if ctx.target is not None else "unknown"
-        REQUESTS.labels(endpoint, model, str(ctx.status), ctx.decision).inc()
-        REQUEST_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        request_counter(endpoint, model, ctx.status, ctx.decision).inc()
+        request_timer(endpoint).observe(time.perf_counter() - started)

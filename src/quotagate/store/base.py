@@ -7,21 +7,21 @@ with the same semantics, and one test body runs against both.
 
 Errors: a store that cannot answer raises ``StoreUnavailable``; what that means for
 each limit (open, closed, local) is the limits engine's decision, not the store's.
+The value types are NamedTuples: immutable and built by one tuple allocation (frozen
+dataclasses set each field through object.__setattr__, measurably dearer per request).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class StoreUnavailable(Exception):
     """The store did not answer (down, frozen, timed out, or its circuit is open)."""
 
 
-@dataclass(slots=True, frozen=True)
-class RateCheck:
+class RateCheck(NamedTuple):
     """One GCRA counter a request touches."""
 
     key: str
@@ -30,8 +30,7 @@ class RateCheck:
     cost: int  # units this request takes
 
 
-@dataclass(slots=True, frozen=True)
-class LeaseCheck:
+class LeaseCheck(NamedTuple):
     """One concurrency slot: held until released or until ``ttl`` passes."""
 
     key: str
@@ -40,8 +39,7 @@ class LeaseCheck:
     ttl: float  # seconds: a lease whose gateway died frees itself after this
 
 
-@dataclass(slots=True, frozen=True)
-class WindowCheck:
+class WindowCheck(NamedTuple):
     """A sliding-window log: at most ``limit`` requests in any ``window`` seconds."""
 
     key: str
@@ -53,15 +51,13 @@ class WindowCheck:
 Check = RateCheck | LeaseCheck | WindowCheck
 
 
-@dataclass(slots=True, frozen=True)
-class CheckOutcome:
+class CheckOutcome(NamedTuple):
     remaining: int
     reset_after: float
     retry_after: float
 
 
-@dataclass(slots=True, frozen=True)
-class Admission:
+class Admission(NamedTuple):
     allowed: bool
     outcomes: tuple[CheckOutcome, ...]
     denied: int = -1  # index of the first check that denied, -1 when allowed
