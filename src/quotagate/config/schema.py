@@ -115,6 +115,7 @@ class Model(Frozen):
 class LimitRule(Frozen):
     scope: str | list[str] = "key"
     requests: int | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)  # prompt + completion tokens (TPM)
     concurrent: int | None = Field(default=None, gt=0)  # requests in flight at once
     per: Duration | None = None
     burst: int | None = Field(default=None, gt=0)
@@ -139,10 +140,13 @@ class LimitRule(Frozen):
 
     @model_validator(mode="after")
     def _one_amount(self) -> LimitRule:
-        if (self.requests is None) == (self.concurrent is None):
-            raise ValueError("a limit needs exactly one amount: requests or concurrent")
-        if self.requests is not None and self.per is None:
-            raise ValueError("a requests limit needs a window: per")
+        amounts = [a for a in (self.requests, self.tokens, self.concurrent) if a is not None]
+        if len(amounts) != 1:
+            raise ValueError("a limit needs exactly one amount: requests, tokens or concurrent")
+        if self.concurrent is None and self.per is None:
+            raise ValueError("a requests or tokens limit needs a window: per")
+        if self.tokens is not None and self.algorithm != "gcra":
+            raise ValueError("a tokens limit uses gcra (a window log counts requests)")
         if self.concurrent is not None and (self.per is not None or self.burst is not None):
             raise ValueError("a concurrent limit takes no per or burst")
         if self.algorithm == "sliding_window" and self.burst is not None:
@@ -159,6 +163,9 @@ class Plan(Frozen):
     max_tokens: int | None = Field(default=None, gt=0)
     # Above the cap: lower max_tokens to the cap (clamp) or refuse the request (reject).
     max_tokens_policy: Literal["clamp", "reject"] = "clamp"
+    # What a request without max_tokens is assumed to produce when reserving tokens
+    # (settlement then charges what it really produced).
+    default_max_tokens: int = Field(default=1024, gt=0)
     limits: list[LimitRule] = []
 
 

@@ -19,6 +19,8 @@ class CompiledPlan:
     limits: tuple[CompiledLimit, ...]  # global limits first, then the plan's own
     policy_header: bytes
     has_leases: bool
+    has_tokens: bool
+    default_max_tokens: int
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -35,6 +37,8 @@ def _compile_plan(name: str, plan: Plan, global_limits: tuple[CompiledLimit, ...
         limits,
         policy_header(limits),
         any(limit.unit == "concurrent" for limit in limits),
+        any(limit.unit == "tokens" for limit in limits),
+        plan.default_max_tokens,
     )
 
 

@@ -139,6 +139,18 @@ class LimitEngine:
             STORE_ERRORS.labels("release").inc()
         await self._local.release(leases)
 
+    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None:
+        """Settle reserved amounts (refund or charge). Off the response path; when the
+        store cannot take it the correction is counted and dropped."""
+        if not self.remote:
+            await self.store.adjust(checks, deltas)
+            return
+        try:
+            async with asyncio.timeout(self.settings.timeout * 4):
+                await self.store.adjust(checks, deltas)
+        except (StoreUnavailable, TimeoutError):
+            STORE_ERRORS.labels("adjust").inc()
+
     def _cached_refusal(self, checks: Sequence[Check], now: float) -> Admission | None:
         for check in checks:
             entry = self._refusing.get(check.key)

@@ -3,8 +3,9 @@
 - IETF draft-ietf-httpapi-ratelimit-headers-10: ``RateLimit-Policy`` lists every policy
   that applied (``"name";q=<quota>;w=<window s>``) and ``RateLimit`` its current state
   (``"name";r=<remaining>;t=<seconds to reset>``).
-- OpenAI's ``x-ratelimit-{limit,remaining,reset}-requests`` for the most constraining
-  request limit, resets written as Go durations (``6s``, ``1m0s``).
+- OpenAI's ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the most
+  constraining request and token limit, resets written as Go durations (``6s``, ``1m0s``).
+  Token limits carry ``qu="quotagate-tokens"`` in ``RateLimit-Policy``.
 - ``Retry-After`` (whole seconds, rounded up) and ``retry-after-ms`` on a 429.
 """
 
@@ -15,9 +16,22 @@ from collections.abc import Sequence
 
 from quotagate.config.durations import format_go_duration
 from quotagate.limits.policy import CompiledLimit
-from quotagate.store.base import Admission
+from quotagate.store.base import Admission, CheckOutcome
 
 Headers = list[tuple[bytes, bytes]]
+_NAMES = {
+    unit: tuple(f"x-ratelimit-{what}-{unit}".encode() for what in ("limit", "remaining", "reset"))
+    for unit in ("requests", "tokens")
+}
+
+
+def _openai_headers(unit: str, amount: int, outcome: CheckOutcome) -> Headers:
+    limit, remaining, reset = _NAMES[unit]
+    return [
+        (limit, str(amount).encode()),
+        (remaining, str(outcome.remaining).encode()),
+        (reset, format_go_duration(outcome.reset_after).encode()),
+    ]
 
 
 def policy_header(limits: Sequence[CompiledLimit]) -> bytes:
@@ -35,15 +49,11 @@ def rate_limit_headers(
         for limit, o in zip(limits, admission.outcomes, strict=True)
     )
     headers: Headers = [(b"ratelimit-policy", policy_value), (b"ratelimit", state.encode())]
-    rates = [i for i, limit in enumerate(limits) if limit.unit == "requests"]
-    if rates:
-        tightest = min(rates, key=lambda i: admission.outcomes[i].remaining)
-        limit, outcome = limits[tightest], admission.outcomes[tightest]
-        headers += [
-            (b"x-ratelimit-limit-requests", str(limit.amount).encode()),
-            (b"x-ratelimit-remaining-requests", str(outcome.remaining).encode()),
-            (b"x-ratelimit-reset-requests", format_go_duration(outcome.reset_after).encode()),
-        ]
+    for unit in ("requests", "tokens"):
+        of_unit = [i for i, limit in enumerate(limits) if limit.unit == unit]
+        if of_unit:
+            tightest = min(of_unit, key=lambda i: admission.outcomes[i].remaining)
+            headers += _openai_headers(unit, limits[tightest].amount, admission.outcomes[tightest])
     if not admission.allowed:
         retry = admission.outcomes[admission.denied].retry_after
         headers.append((b"retry-after", str(max(1, math.ceil(retry))).encode()))

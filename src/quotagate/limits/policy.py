@@ -50,7 +50,7 @@ def _safe(value: str) -> str:
 class CompiledLimit:
     name: str  # policy name in RateLimit-Policy, e.g. "free.key-requests-1m"
     scopes: tuple[str, ...]
-    unit: str  # "requests" or "concurrent"
+    unit: str  # "requests", "tokens" or "concurrent"
     algorithm: str  # "gcra", "sliding_window" or "lease"
     amount: int
     window: float  # seconds; 0 for concurrency limits
@@ -96,14 +96,17 @@ def compile_limit(rule: LimitRule, prefix: str = "") -> CompiledLimit:
             name, scopes, "concurrent", "lease", rule.concurrent, 0.0, 0.0,
             rule.concurrent, rule.on_store_error, rule.lease_ttl, item, tagged,
         )  # fmt: skip
-    amount = rule.requests or 0
+    unit = "tokens" if rule.tokens is not None else "requests"
+    amount = rule.tokens or rule.requests or 0
     window = rule.per or 0.0
-    name = f"{prefix}{scope_name}-requests-{window_label(window)}"
+    name = f"{prefix}{scope_name}-{unit}-{window_label(window)}"
     if rule.algorithm == "sliding_window":
         name += "-sliding"
     item = f'"{name}";q={amount};w={round(window)}'
+    if unit == "tokens":  # the draft's units are requests, content-bytes, concurrent-requests
+        item += ';qu="quotagate-tokens"'
     return CompiledLimit(
-        name, scopes, "requests", rule.algorithm, amount, window, window / amount,
+        name, scopes, unit, rule.algorithm, amount, window, window / amount,
         rule.burst or amount, rule.on_store_error, rule.lease_ttl, item, tagged,
     )  # fmt: skip
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from quotagate.auth.principal import Principal
 from quotagate.routing.catalog import Target
-from quotagate.store.base import LeaseCheck
+from quotagate.store.base import LeaseCheck, RateCheck
 
 ASGIScope = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
@@ -28,15 +28,20 @@ class RequestContext:
         "payload",
         "plan",
         "principal",
+        "prompt_estimate",
         "receive",
         "request_id",
+        "reserved_tokens",
         "response_headers",
         "response_started",
         "scope",
         "send",
         "status",
         "stream",
+        "strip_usage",
         "target",
+        "token_checks",
+        "usage_tokens",
     )
 
     def __init__(self, scope: ASGIScope, receive: Any, send: Any, endpoint: Any) -> None:
@@ -58,6 +63,13 @@ class RequestContext:
         self.max_tokens: int | None = None
         self.target: Target | None = None
         self.leases: list[LeaseCheck] = []
+        # Token accounting (only when the plan has token limits): what was reserved,
+        # on which counters, and what the upstream reported.
+        self.token_checks: list[RateCheck] = []
+        self.prompt_estimate = 0
+        self.reserved_tokens = 0
+        self.usage_tokens: int | None = None
+        self.strip_usage = False
         self.response_headers: Headers = []
         self.response_started = False
         self.status = 0

@@ -18,6 +18,7 @@ import orjson
 from quotagate.errors import GatewayError, UpstreamError
 from quotagate.pipeline.context import Headers, RequestContext
 from quotagate.upstream.client import translate
+from quotagate.upstream.usage import StreamUsage, usage_total
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class Forward:
             body = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise translate(exc, ctx.model) from exc
+        if ctx.token_checks and resp.status < 400:
+            # No usage block: keep the reservation rather than guess below it.
+            reported = usage_total(body)
+            ctx.usage_tokens = reported if reported is not None else ctx.reserved_tokens
         headers.append((b"content-length", str(len(body)).encode()))
         await self._start(ctx, resp.status, headers)
         await ctx.send({"type": "http.response.body", "body": body, "more_body": False})
@@ -93,23 +98,36 @@ class Forward:
     ) -> None:
         headers.append((b"cache-control", b"no-cache"))
         await self._start(ctx, resp.status, headers)
+        usage = StreamUsage(ctx.strip_usage) if ctx.token_checks else None
         # Watch for the client leaving so an abandoned stream stops pulling upstream.
-        pump = asyncio.ensure_future(self._pump(ctx, resp))
+        pump = asyncio.ensure_future(self._pump(ctx, resp, usage))
         gone = asyncio.ensure_future(_disconnected(ctx))
-        done, _ = await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
-        if gone in done:
-            pump.cancel()
-            ctx.decision = "client_disconnected"
-            await asyncio.gather(pump, return_exceptions=True)
-            return
-        gone.cancel()
-        await pump
+        try:
+            done, _ = await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
+            if gone in done:
+                pump.cancel()
+                ctx.decision = "client_disconnected"
+                await asyncio.gather(pump, return_exceptions=True)
+                return
+            gone.cancel()
+            await pump
+        finally:
+            if usage is not None and resp.status < 400:
+                # What the upstream reported, else what was seen produced (a cut stream).
+                produced = ctx.prompt_estimate + usage.produced_tokens
+                ctx.usage_tokens = usage.total if usage.total is not None else produced
 
-    async def _pump(self, ctx: RequestContext, resp: aiohttp.ClientResponse) -> None:
+    async def _pump(
+        self, ctx: RequestContext, resp: aiohttp.ClientResponse, usage: StreamUsage | None
+    ) -> None:
         send = ctx.send
         try:
             async for chunk in resp.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                out = usage.feed(chunk) if usage is not None else chunk
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            if usage is not None and (rest := usage.flush()):
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = translate(exc, ctx.model)
             ctx.decision = error.decision

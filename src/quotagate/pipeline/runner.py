@@ -17,13 +17,15 @@ from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import ClientDisconnected
 from quotagate.pipeline.responses import send_error
 from quotagate.pipeline.stage import Stage
-from quotagate.store.base import LeaseCheck
+from quotagate.store.base import LeaseCheck, RateCheck
 
 log = logging.getLogger("quotagate.requests")
 
 
 class LeaseReleaser(Protocol):
     async def release(self, leases: Sequence[LeaseCheck]) -> None: ...
+
+    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None: ...
 
 
 class Pipeline:
@@ -47,6 +49,8 @@ class Pipeline:
         finally:
             if ctx.leases and self._leases is not None:
                 await self._leases.release(ctx.leases)
+            if ctx.token_checks and self._leases is not None:
+                await self._settle_tokens(ctx, self._leases)
             self._observe(ctx, started)
 
     @staticmethod
@@ -61,6 +65,15 @@ class Pipeline:
         if ctx.response_started:
             return  # the status has gone out; the stage already ended the stream in-band
         await send_error(ctx, exc)
+
+    @staticmethod
+    async def _settle_tokens(ctx: RequestContext, store: LeaseReleaser) -> None:
+        """Replace the reservation with what was used: the upstream's count; nothing when
+        no answer came (an upstream error or a refusal after reserving)."""
+        used = ctx.usage_tokens if ctx.usage_tokens is not None else 0
+        delta = used - ctx.reserved_tokens
+        if delta:
+            await store.adjust(ctx.token_checks, [delta] * len(ctx.token_checks))
 
     @staticmethod
     def _observe(ctx: RequestContext, started: float) -> None:
