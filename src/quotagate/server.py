@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -20,6 +21,7 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 from quotagate.app import Gateway, GatewayApp
 from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy
+from quotagate.db.repo import Database
 from quotagate.errors import ConfigError
 from quotagate.settings import CONFIG_ENV, Settings
 
@@ -114,6 +116,8 @@ def run_workers(policy: Policy, settings: Settings, workers: int, listen: str | 
         )
     if settings.config_path:
         os.environ[CONFIG_ENV] = str(Path(settings.config_path).resolve())
+    # Migrate once here, before the workers start side by side.
+    asyncio.run(_migrate(policy))
     host, port = split_listen(listen or policy.server.listen)
     config = uvicorn.Config(
         "quotagate.server:worker_app", factory=True, host=host, port=port, workers=workers,
@@ -124,6 +128,14 @@ def run_workers(policy: Policy, settings: Settings, workers: int, listen: str | 
     log.info("quotagate listening on http://%s:%d with %d workers", host, port, workers)
     with embedded_mock(policy):
         _Supervisor(config, sockets=[sock]).run()
+
+
+async def _migrate(policy: Policy) -> None:
+    db = Database(policy.database.url, policy.database.schema_name)
+    try:
+        await db.create_schema()
+    finally:
+        await db.close()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

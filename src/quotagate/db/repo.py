@@ -15,7 +15,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from quotagate.auth.keys import generate_key, hash_key
-from quotagate.db.schema import api_keys, metadata, tenants
+from quotagate.db import migrate
+from quotagate.db.schema import api_keys, tenants
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -71,10 +72,11 @@ class Database:
         self.engine = _engine(url, schema)
 
     async def create_schema(self) -> None:
+        """Create or upgrade the tables (Alembic migrations, to head)."""
         async with self.engine.begin() as conn:
             if self.schema:
                 await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(migrate.upgrade)
 
     async def ping(self) -> bool:
         try:

@@ -92,3 +92,22 @@ async def test_wrong_secret_part_with_a_real_key_id_is_refused(db: Database) -> 
     with pytest.raises(AuthenticationFailed):
         await auth.authenticate(forged)
     assert (await auth.authenticate(plaintext)).tenant_name == "acme"
+
+
+async def test_migrations_match_the_schema_and_rerun_cleanly(db: Database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from quotagate.db import migrate
+    from quotagate.db.migrate import VERSION_TABLE
+    from quotagate.db.schema import metadata
+
+    await db.create_schema()  # a second upgrade is a no-op
+
+    def check(conn: object) -> tuple[list[object], str | None]:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})  # type: ignore[arg-type]
+        return compare_metadata(context, metadata), migrate.current(conn)  # type: ignore[arg-type]
+
+    async with db.engine.connect() as conn:
+        diff, revision = await conn.run_sync(check)
+    assert diff == [] and revision == "0001"
