@@ -41,3 +41,15 @@ def format_go_duration(seconds: float) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+CALENDAR_PERIODS = ("day", "week", "month")
+
+
+def parse_per(value: object) -> float | str:
+    """A limit's window: a duration, or a calendar period (``day``, ``week``, ``month``)."""
+    if isinstance(value, str) and value.strip() in CALENDAR_PERIODS:
+        return value.strip()
+    return parse_duration(value)
+
+
+Per = Annotated[float | str, BeforeValidator(parse_per)]

@@ -7,10 +7,11 @@ the field, not a silently ignored line.
 from __future__ import annotations
 
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from quotagate.config.durations import Duration
+from quotagate.config.durations import Duration, Per
 
 SCOPES = ("global", "ip", "tenant", "key", "user", "model", "route")
 
@@ -117,11 +118,16 @@ class LimitRule(Frozen):
     requests: int | None = Field(default=None, gt=0)
     tokens: int | None = Field(default=None, gt=0)  # prompt + completion tokens (TPM)
     concurrent: int | None = Field(default=None, gt=0)  # requests in flight at once
-    per: Duration | None = None
+    # A duration (rolling windows), or day / week / month: calendar periods that reset
+    # at midnight in `timezone` (months on `billing_day`).
+    per: Per | None = None
     burst: int | None = Field(default=None, gt=0)
     # gcra: a bucket refilled continuously (bursts up to `burst`); sliding_window: at
     # most `requests` in any window of length `per` (a log per counter: exact, dearer).
-    algorithm: Literal["gcra", "sliding_window"] = "gcra"
+    # fixed_window: a counter reset every `per`, aligned on the store's clock.
+    algorithm: Literal["gcra", "sliding_window", "fixed_window"] = "gcra"
+    timezone: str = "UTC"
+    billing_day: int = Field(default=1, ge=1, le=31)
     # When the store cannot answer: allow, refuse with 503, or decide per instance.
     on_store_error: Literal["open", "closed", "local"] = "local"
     # A concurrency lease of a gateway that died frees itself after this long; keep it
@@ -145,13 +151,24 @@ class LimitRule(Frozen):
             raise ValueError("a limit needs exactly one amount: requests, tokens or concurrent")
         if self.concurrent is None and self.per is None:
             raise ValueError("a requests or tokens limit needs a window: per")
-        if self.tokens is not None and self.algorithm != "gcra":
-            raise ValueError("a tokens limit uses gcra (a window log counts requests)")
         if self.concurrent is not None and (self.per is not None or self.burst is not None):
             raise ValueError("a concurrent limit takes no per or burst")
         if self.algorithm == "sliding_window" and self.burst is not None:
             raise ValueError("a sliding_window limit takes no burst")
+        if isinstance(self.per, str) and (self.algorithm != "gcra" or self.burst is not None):
+            raise ValueError("a calendar limit (per: day/week/month) takes no algorithm or burst")
+        if self.tokens is not None and self.algorithm == "sliding_window":
+            raise ValueError("a tokens limit cannot use sliding_window (a log counts requests)")
         return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
     @property
     def scopes(self) -> tuple[str, ...]:

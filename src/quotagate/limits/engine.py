@@ -22,9 +22,11 @@ from quotagate.errors import ServiceUnavailable
 from quotagate.limits.policy import CompiledLimit
 from quotagate.observability.metrics import DEGRADED, NEGATIVE_CACHE_HITS, STORE_ERRORS
 from quotagate.store.base import (
+    Adjustable,
     Admission,
     Check,
     CheckOutcome,
+    CounterCheck,
     LeaseCheck,
     LimitStore,
     RateCheck,
@@ -139,7 +141,7 @@ class LimitEngine:
             STORE_ERRORS.labels("release").inc()
         await self._local.release(leases)
 
-    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None:
+    async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None:
         """Settle reserved amounts (refund or charge). Off the response path; when the
         store cannot take it the correction is counted and dropped."""
         if not self.remote:
@@ -170,7 +172,8 @@ class LimitEngine:
         check = checks[admission.denied]
         # A single-unit rate check or a full window refuses every request until
         # retry_after; a larger amount or a lease (freed at any moment) could fit sooner.
-        if (isinstance(check, RateCheck) and check.cost == 1) or isinstance(check, WindowCheck):
+        single = isinstance(check, RateCheck | CounterCheck) and check.cost == 1
+        if single or isinstance(check, WindowCheck):
             retry = admission.outcomes[admission.denied].retry_after
             if len(self._refusing) > 100_000:
                 self._refusing.clear()

@@ -8,12 +8,15 @@ are tagged by their own values and decided first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 from quotagate.config.schema import LimitRule
-from quotagate.store.base import Check, LeaseCheck, RateCheck, WindowCheck
+from quotagate.limits.calendar import Period, candidate_periods
+from quotagate.store.base import Check, CounterCheck, LeaseCheck, RateCheck, WindowCheck
 
 _TENANT_SCOPES = frozenset({"tenant", "key", "user"})
 
@@ -60,6 +63,7 @@ class CompiledLimit:
     lease_ttl: float
     policy_item: str  # this limit's RateLimit-Policy list member, built once
     tenant_tagged: bool
+    calendar: CalendarPeriods | None = None
 
     def counter_key(self, values: ScopeValues) -> str:
         parts = ":".join(values.get(s) for s in self.scopes)
@@ -74,7 +78,31 @@ class CompiledLimit:
             return LeaseCheck(key, self.amount, unique_id, self.lease_ttl)
         if self.algorithm == "sliding_window":
             return WindowCheck(key, self.amount, self.window, unique_id)
+        if self.algorithm == "fixed_window":
+            return CounterCheck(key, self.amount, cost, self.window)
+        if self.calendar is not None:
+            start, end, next_end = self.calendar.current()
+            return CounterCheck(key, self.amount, cost, 0.0, start, end, next_end)
         return RateCheck(key, self.interval, self.capacity, cost)
+
+
+class CalendarPeriods:
+    """The bounds of a calendar limit's current and next period, recomputed only when
+    the current one ends (date arithmetic once a period, not once a request)."""
+
+    __slots__ = ("_anchor", "_bounds", "_clock", "_period", "_tz")
+
+    def __init__(
+        self, period: Period, tz: str, anchor: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._period, self._tz, self._anchor, self._clock = period, ZoneInfo(tz), anchor, clock
+        self._bounds = (0.0, 0.0, 0.0)
+
+    def current(self) -> tuple[float, float, float]:
+        now = self._clock()
+        if not self._bounds[0] <= now < self._bounds[1]:
+            self._bounds = candidate_periods(now, self._period, self._tz, self._anchor)
+        return self._bounds
 
 
 def window_label(seconds: float) -> str:
@@ -98,17 +126,28 @@ def compile_limit(rule: LimitRule, prefix: str = "") -> CompiledLimit:
         )  # fmt: skip
     unit = "tokens" if rule.tokens is not None else "requests"
     amount = rule.tokens or rule.requests or 0
-    window = rule.per or 0.0
-    name = f"{prefix}{scope_name}-{unit}-{window_label(window)}"
-    if rule.algorithm == "sliding_window":
-        name += "-sliding"
+    calendar = None
+    if isinstance(rule.per, str):  # day / week / month
+        period: Period = rule.per  # type: ignore[assignment]
+        calendar = CalendarPeriods(period, rule.timezone, rule.billing_day)
+        window, label, algorithm = _TYPICAL[period], rule.per, "calendar"
+    else:
+        window = rule.per or 0.0
+        label, algorithm = window_label(window), rule.algorithm
+    name = f"{prefix}{scope_name}-{unit}-{label}"
+    if algorithm in ("sliding_window", "fixed_window"):
+        name += "-" + algorithm.split("_")[0]
     item = f'"{name}";q={amount};w={round(window)}'
     if unit == "tokens":  # the draft's units are requests, content-bytes, concurrent-requests
         item += ';qu="quotagate-tokens"'
     return CompiledLimit(
-        name, scopes, unit, rule.algorithm, amount, window, window / amount,
-        rule.burst or amount, rule.on_store_error, rule.lease_ttl, item, tagged,
+        name, scopes, unit, algorithm, amount, window, window / amount,
+        rule.burst or amount, rule.on_store_error, rule.lease_ttl, item, tagged, calendar,
     )  # fmt: skip
+
+
+# A calendar period's usual length, for the w= of RateLimit-Policy (resets are exact).
+_TYPICAL: dict[str, float] = {"day": 86400.0, "week": 604800.0, "month": 2592000.0}
 
 
 def compile_limits(rules: list[LimitRule], prefix: str = "") -> tuple[CompiledLimit, ...]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from quotagate.auth.principal import Principal
 from quotagate.routing.catalog import Target
-from quotagate.store.base import LeaseCheck, RateCheck
+from quotagate.store.base import Adjustable, LeaseCheck
 
 ASGIScope = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
@@ -65,7 +65,7 @@ class RequestContext:
         self.leases: list[LeaseCheck] = []
         # Token accounting (only when the plan has token limits): what was reserved,
         # on which counters, and what the upstream reported.
-        self.token_checks: list[RateCheck] = []
+        self.token_checks: list[Adjustable] = []
         self.prompt_estimate = 0
         self.reserved_tokens = 0
         self.usage_tokens: int | None = None

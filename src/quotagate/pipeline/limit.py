@@ -16,7 +16,7 @@ from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import ScopeValues
 from quotagate.pipeline.context import RequestContext
-from quotagate.store.base import LeaseCheck, RateCheck
+from quotagate.store.base import CounterCheck, LeaseCheck, RateCheck
 
 
 def scope_values(ctx: RequestContext) -> ScopeValues:
@@ -56,7 +56,7 @@ class Limit:
             ctx.reserved_tokens = tokens
             ctx.token_checks = [
                 c for c, limit in zip(checks, plan.limits, strict=True)
-                if limit.unit == "tokens" and isinstance(c, RateCheck)
+                if limit.unit == "tokens" and isinstance(c, RateCheck | CounterCheck)
             ]  # fmt: skip
             if ctx.stream:
                 ask_for_stream_usage(ctx)

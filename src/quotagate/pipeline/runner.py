@@ -17,7 +17,7 @@ from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import ClientDisconnected
 from quotagate.pipeline.responses import send_error
 from quotagate.pipeline.stage import Stage
-from quotagate.store.base import LeaseCheck, RateCheck
+from quotagate.store.base import Adjustable, LeaseCheck
 
 log = logging.getLogger("quotagate.requests")
 
@@ -25,7 +25,7 @@ log = logging.getLogger("quotagate.requests")
 class LeaseReleaser(Protocol):
     async def release(self, leases: Sequence[LeaseCheck]) -> None: ...
 
-    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None: ...
+    async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None: ...
 
 
 class Pipeline:

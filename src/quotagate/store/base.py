@@ -48,7 +48,22 @@ class WindowCheck(NamedTuple):
     entry_id: str  # unique per request: the log's member
 
 
-Check = RateCheck | LeaseCheck | WindowCheck
+class CounterCheck(NamedTuple):
+    """A counter that resets at window boundaries: fixed windows of ``window`` seconds
+    aligned on the store's clock, or calendar periods (``window`` 0) whose bounds the
+    gateway computed: ``[start, end)`` and the next one ``[end, next_end)``."""
+
+    key: str
+    limit: int
+    cost: int
+    window: float = 0.0
+    start: float = 0.0
+    end: float = 0.0
+    next_end: float = 0.0
+
+
+Check = RateCheck | LeaseCheck | WindowCheck | CounterCheck
+Adjustable = RateCheck | CounterCheck
 
 
 class CheckOutcome(NamedTuple):
@@ -68,7 +83,7 @@ class LimitStore(Protocol):
         """Consume every check, or none of them if any one denies."""
         ...
 
-    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None:
+    async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None:
         """Charge (positive) or refund (negative) units on counters already consumed."""
         ...
 

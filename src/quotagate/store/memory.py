@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 
 from quotagate.limits.gcra import gcra_step
 from quotagate.store.base import (
+    Adjustable,
     Admission,
     Check,
     CheckOutcome,
+    CounterCheck,
     LeaseCheck,
     RateCheck,
     WindowCheck,
@@ -27,12 +29,20 @@ _LEASE_RETRY = 1.0  # a lease frees when a request ends: suggest a short retry
 
 
 class MemoryStore:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
+        # Window counters (fixed and calendar periods) are bounded by instants of the
+        # calendar, so they run on the wall clock; rolling limits on the monotonic one.
+        self._wall = wall
         self._tats: dict[str, float] = {}
         self._leases: dict[str, dict[str, float]] = {}
         self._logs: dict[str, deque[float]] = {}
         self._log_windows: dict[str, float] = {}
+        self._counters: dict[str, tuple[float, int, float]] = {}  # key → (start, used, end)
         self._until_sweep = _SWEEP_EVERY
 
     async def acquire(self, checks: Sequence[Check]) -> Admission:
@@ -41,13 +51,15 @@ class MemoryStore:
     def acquire_now(self, checks: Sequence[Check]) -> Admission:
         now = self._clock()
         outcomes: list[CheckOutcome] = []
-        writes: list[float] = []
+        writes: list[float] = []  # for counters: the period start (used = +cost)
         denied = -1
         for index, check in enumerate(checks):
             if isinstance(check, RateCheck):
                 allowed, write, outcome = self._rate(check, now)
             elif isinstance(check, WindowCheck):
                 allowed, write, outcome = self._window(check, now)
+            elif isinstance(check, CounterCheck):
+                allowed, write, outcome = self._counter(check, self._wall())
             else:
                 allowed, write, outcome = self._lease(check, now)
             outcomes.append(outcome)
@@ -59,6 +71,8 @@ class MemoryStore:
         for check, write in zip(checks, writes, strict=True):
             if isinstance(check, RateCheck):
                 self._tats[check.key] = write
+            elif isinstance(check, CounterCheck):
+                self._commit_counter(check, write, self._wall())
             elif isinstance(check, WindowCheck):
                 self._logs.setdefault(check.key, deque()).append(write)
                 self._log_windows[check.key] = check.window
@@ -72,6 +86,29 @@ class MemoryStore:
             self._tats.get(check.key, now), now, check.interval, check.capacity, check.cost
         )
         return r.allowed, r.new_tat, CheckOutcome(r.remaining, r.reset_after, r.retry_after)
+
+    def _bounds(self, check: CounterCheck, now: float) -> tuple[float, float]:
+        if check.window:
+            start = (now // check.window) * check.window
+            return start, start + check.window
+        if now >= check.end:
+            return check.end, check.next_end
+        return check.start, check.end
+
+    def _used(self, key: str, start: float) -> int:
+        held = self._counters.get(key)
+        return held[1] if held is not None and held[0] == start else 0
+
+    def _counter(self, check: CounterCheck, now: float) -> tuple[bool, float, CheckOutcome]:
+        start, end = self._bounds(check, now)
+        used = self._used(check.key, start)
+        if used + check.cost <= check.limit:
+            return True, start, CheckOutcome(check.limit - used - check.cost, end - now, 0.0)
+        return False, start, CheckOutcome(max(0, check.limit - used), end - now, end - now)
+
+    def _commit_counter(self, check: CounterCheck, start: float, now: float) -> None:
+        _, end = self._bounds(check, now)
+        self._counters[check.key] = (start, self._used(check.key, start) + check.cost, end)
 
     def _window(self, check: WindowCheck, now: float) -> tuple[bool, float, CheckOutcome]:
         log = self._logs.get(check.key)
@@ -95,9 +132,13 @@ class MemoryStore:
             return True, now + check.ttl, CheckOutcome(check.limit - count - 1, 0.0, 0.0)
         return False, 0.0, CheckOutcome(0, 0.0, _LEASE_RETRY)
 
-    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None:
+    async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None:
         now = self._clock()
         for check, delta in zip(checks, deltas, strict=True):
+            if isinstance(check, CounterCheck):
+                if (held := self._counters.get(check.key)) is not None:
+                    self._counters[check.key] = (held[0], max(0, held[1] + delta), held[2])
+                continue
             tat = self._tats.get(check.key)
             if tat is None and delta <= 0:
                 continue
@@ -124,6 +165,8 @@ class MemoryStore:
             k: log for k, log in self._logs.items() if log[-1] > now - self._log_windows[k]
         }
         self._log_windows = {k: self._log_windows[k] for k in self._logs}
+        wall = self._wall()
+        self._counters = {k: held for k, held in self._counters.items() if held[2] > wall}
 
     def peek(self, key: str) -> float | None:
         """The stored TAT of ``key`` (for inspection and tests)."""
@@ -144,3 +187,4 @@ class MemoryStore:
         self._tats.clear()
         self._leases.clear()
         self._logs.clear()
+        self._counters.clear()

@@ -24,9 +24,11 @@ from redis.crc import key_slot
 from redis.maint_notifications import MaintNotificationsConfig
 
 from quotagate.store.base import (
+    Adjustable,
     Admission,
     Check,
     CheckOutcome,
+    CounterCheck,
     LeaseCheck,
     RateCheck,
     StoreUnavailable,
@@ -88,7 +90,20 @@ def _args(check: Check) -> tuple[str | int | float, ...]:
         return ("g", check.interval * _US, check.capacity, check.cost)
     if isinstance(check, WindowCheck):
         return ("w", check.limit, round(check.window * _US), check.entry_id)
+    if isinstance(check, CounterCheck):
+        if check.window:
+            spec = f"f:{round(check.window * _US)}"
+        else:
+            bounds = (check.start, check.end, check.next_end)
+            spec = "c:" + ":".join(str(round(b * _US)) for b in bounds)
+        return ("c", check.limit, check.cost, spec)
     return ("l", check.limit, round(check.ttl * _US), check.lease_id)
+
+
+def _adjust_args(check: Adjustable, delta: int) -> tuple[str, float, int]:
+    if isinstance(check, CounterCheck):
+        return ("c", 0.0, delta)
+    return ("g", check.interval * _US, delta)
 
 
 class RedisStore:
@@ -154,7 +169,7 @@ class RedisStore:
         return Admission(True, tuple(o for o in outcomes if o is not None))
 
     async def _compensate(self, admitted: Sequence[Check]) -> None:
-        rates = [c for c in admitted if isinstance(c, RateCheck)]
+        rates = [c for c in admitted if isinstance(c, RateCheck | CounterCheck)]
         leases = [c for c in admitted if isinstance(c, LeaseCheck)]
         # A window log entry is removed like a lease (same ZREM by member).
         leases += [LeaseCheck(c.key, c.limit, c.entry_id, 0.0) for c in admitted
@@ -164,10 +179,10 @@ class RedisStore:
         if leases:
             await self.release(leases)
 
-    async def adjust(self, checks: Sequence[RateCheck], deltas: Sequence[int]) -> None:
+    async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None:
         for group in self._by_slot(checks):
             keys = [self.prefix + checks[i].key for i in group]
-            args = [a for i in group for a in (checks[i].interval * _US, deltas[i])]
+            args = [a for i in group for a in _adjust_args(checks[i], deltas[i])]
             await self._call(self._adjust, keys, args)
 
     async def release(self, leases: Sequence[LeaseCheck]) -> None:

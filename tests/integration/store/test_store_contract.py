@@ -6,7 +6,13 @@ import asyncio
 import random
 import time
 
-from quotagate.store.base import LeaseCheck, LimitStore, RateCheck, WindowCheck
+from quotagate.store.base import (
+    CounterCheck,
+    LeaseCheck,
+    LimitStore,
+    RateCheck,
+    WindowCheck,
+)
 
 
 def rate(key: str, amount: int, per: float = 60.0, cost: int = 1) -> RateCheck:
@@ -143,3 +149,44 @@ async def test_sampled_windows_on_the_real_clock(store: LimitStore) -> None:
         for j, start in enumerate(times):
             inside = [t for t in times[j:] if t - start < window - margin]
             assert len(inside) <= bound, (kind, len(inside))
+
+
+async def test_fixed_window_counts_up_to_the_limit_and_resets_at_the_boundary(
+    store: LimitStore,
+) -> None:
+    check = CounterCheck("rl:{t:f}:fixed", 3, 1, window=0.4)
+    while True:  # start just after a boundary so the burst fits in one window
+        first = await store.acquire([check])
+        if first.outcomes[0].reset_after > 0.25:
+            break
+        await asyncio.sleep(first.outcomes[0].reset_after)  # the time the store named
+    results = [first] + [await store.acquire([check]) for _ in range(4)]
+    allowed = [r.allowed for r in results]
+    assert allowed.count(True) in (3, 4) and allowed[:3] == [True] * 3 and not allowed[3]
+    await asyncio.sleep(results[3].outcomes[0].retry_after + 0.01)
+    assert (await store.acquire([check])).allowed
+
+
+async def test_calendar_counter_uses_the_period_containing_the_store_clock(
+    store: LimitStore,
+) -> None:
+    now = time.time()
+    # The gateway thinks the period ended a second ago: the store's now picks the next.
+    stale = CounterCheck("rl:{t:cal}:q", 5, 2, 0.0, now - 86400, now - 1, now + 86399)
+    current = CounterCheck("rl:{t:cal}:q", 5, 2, 0.0, now - 1, now + 86399, now + 2 * 86400)
+    assert (await store.acquire([stale])).outcomes[0].remaining == 3
+    second = await store.acquire([current])  # the same period, seen right
+    assert second.allowed and second.outcomes[0].remaining == 1
+    refused = await store.acquire([current])
+    assert not refused.allowed and refused.outcomes[0].remaining == 1
+    assert 86000 < refused.outcomes[0].retry_after <= 86400
+    await store.adjust([current], [-3])  # settle: used 1 of the 4 reserved
+    assert (await store.acquire([current])).outcomes[0].remaining == 2
+
+
+async def test_counter_refund_never_goes_below_zero(store: LimitStore) -> None:
+    now = time.time()
+    check = CounterCheck("rl:{t:z}:q", 10, 4, 0.0, now - 1, now + 3600, now + 7200)
+    await store.acquire([check])
+    await store.adjust([check], [-100])
+    assert (await store.acquire([check])).outcomes[0].remaining == 6

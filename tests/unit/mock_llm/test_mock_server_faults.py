@@ -91,11 +91,11 @@ async def test_token_rate_paces_the_stream(
     llm: openai.AsyncOpenAI, http: httpx.AsyncClient
 ) -> None:
     await http.post("/_mock/faults", json={"ttft_ms": 100, "tokens_per_second": 100})
+    started = time.monotonic()  # before the request: headers may precede the first token
     stream = await llm.chat.completions.create(
         model=MODEL, messages=_user("[[mock:tokens=11]]"), stream=True
     )
     arrivals: list[float] = []
-    started = time.monotonic()
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             arrivals.append(time.monotonic() - started)

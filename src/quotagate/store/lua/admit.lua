@@ -3,6 +3,10 @@
 --   kind "g" (GCRA):        a = interval µs, b = capacity units, c = cost units
 --   kind "l" (lease):       a = limit, b = lease ttl µs, c = lease id
 --   kind "w" (sliding log): a = limit, b = window µs, c = entry id (one request)
+--   kind "c" (window counter): a = limit, b = cost, c = "f:<window µs>" (fixed windows
+--                           aligned on the server clock) or "c:<start>:<end>:<next end>"
+--                           (calendar: this period and the next, in µs; the server's
+--                           now picks one)
 -- All checks are evaluated first; only if every one allows are any written
 -- (all-or-nothing: a denied request consumes nothing).
 -- Returns {allowed 0/1, denied index (1-based, 0 if none), then per check:
@@ -30,6 +34,26 @@ for i = 1, n do
     out[#out + 1] = held - now
     out[#out + 1] = allowed and 0 or (allow_at - now)
     if allowed then writes[i] = new_tat elseif out[2] == 0 then out[1] = 0; out[2] = i end
+  elseif kind == 'c' then
+    local cost, spec, start, finish = tonumber(b), ARGV[j + 4], 0, 0
+    if spec:sub(1, 1) == 'f' then
+      local w = tonumber(spec:sub(3))
+      start = math.floor(now / w) * w
+      finish = start + w
+    else
+      local s, e, nx = spec:match('^c:([^:]+):([^:]+):([^:]+)$')
+      s, e, nx = tonumber(s), tonumber(e), tonumber(nx)
+      if now >= e then start, finish = e, nx else start, finish = s, e end
+    end
+    local h = redis.call('HMGET', key, 'p', 'c')
+    local used = 0
+    if tonumber(h[1]) == start then used = tonumber(h[2]) or 0 end
+    local allowed = used + cost <= a
+    out[#out + 1] = allowed and (a - used - cost) or math.max(0, a - used)
+    out[#out + 1] = finish - now
+    out[#out + 1] = allowed and 0 or (finish - now)
+    if allowed then writes[i] = {start, used + cost, finish}
+    elseif out[2] == 0 then out[1] = 0; out[2] = i end
   elseif kind == 'w' then
     local window = tonumber(b)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
@@ -60,6 +84,10 @@ if out[1] == 1 then
     local kind = ARGV[j + 1]
     if kind == 'g' then
       redis.call('SET', key, writes[i], 'PX', math.ceil((writes[i] - now) / 1000) + 1)
+    elseif kind == 'c' then
+      local w = writes[i]
+      redis.call('HSET', key, 'p', string.format('%.0f', w[1]), 'c', w[2])
+      redis.call('PEXPIREAT', key, math.ceil(w[3] / 1000) + 1000)
     elseif kind == 'w' then
       redis.call('ZADD', key, now, ARGV[j + 4])
       redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[j + 3]) / 1000) + 1)
