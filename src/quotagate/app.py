@@ -132,7 +132,11 @@ class Readyz:
 
     async def __call__(self, ctx: RequestContext) -> None:
         gw = self._gateway
-        store_ok = await gw.store.ping()
+        try:  # a frozen store must not make the probe itself time out
+            async with asyncio.timeout(max(gw.engine.settings.timeout, 0.2)):
+                store_ok = await gw.store.ping()
+        except TimeoutError:
+            store_ok = False
         db_ok = await gw.db.ping()
         # Without the store, limits fall back to their on_store_error policy: the
         # instance can still serve unless some limit is "closed".

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from quotagate.errors import ServiceUnavailable
@@ -37,6 +37,7 @@ from quotagate.store.memory import MemoryStore
 
 log = logging.getLogger(__name__)
 _LOG_EVERY = 10.0  # seconds between degraded-mode summaries
+_MAX_ORPHANS = 100_000  # leases of unknown fate kept for a later release
 
 
 @dataclass(slots=True, frozen=True)
@@ -103,6 +104,8 @@ class LimitEngine:
         self._degraded = 0
         self._next_log = 0.0
         self._last_error = ""
+        self._orphans: dict[str, LeaseCheck] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         try:
@@ -124,9 +127,14 @@ class LimitEngine:
                 self._last_error = str(exc) or type(exc).__name__
                 STORE_ERRORS.labels(type(exc).__name__).inc()
                 self.breaker.record(False, self._clock())
+                # The script may still run once Redis answers (it was sent): its leases
+                # would be held by nobody. Release them once the store is back.
+                self._orphan(c for c in checks if isinstance(c, LeaseCheck))
             else:
                 self.breaker.record(True, now)
                 self._remember_refusal(checks, admission, now)
+                if self._orphans:
+                    self._release_orphans()
                 return admission
         return self._degrade(limits, checks)
 
@@ -137,9 +145,29 @@ class LimitEngine:
             async with asyncio.timeout(self.settings.timeout * 4):
                 await self.store.release(leases)
         except (StoreUnavailable, TimeoutError):
-            # The lease TTL frees it; the local twin may hold one too.
             STORE_ERRORS.labels("release").inc()
+            self._orphan(leases)  # retried once the store answers again; the TTL backs it
         await self._local.release(leases)
+
+    def _orphan(self, leases: Iterable[LeaseCheck]) -> None:
+        for lease in leases:
+            if len(self._orphans) < _MAX_ORPHANS:
+                self._orphans[lease.lease_id + lease.key] = lease
+
+    def _release_orphans(self) -> None:
+        """Release (ZREM: harmless if already gone) leases whose fate was unknown."""
+        orphans, self._orphans = list(self._orphans.values()), {}
+
+        async def release() -> None:
+            try:
+                async with asyncio.timeout(self.settings.timeout * 20):
+                    await self.store.release(orphans)
+            except (StoreUnavailable, TimeoutError):
+                self._orphan(orphans)
+
+        task = asyncio.ensure_future(release())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None:
         """Settle reserved amounts (refund or charge). Off the response path; when the

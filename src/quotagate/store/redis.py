@@ -19,8 +19,11 @@ from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.maint_notifications import MaintNotificationsConfig
 
 from quotagate.store.base import (
@@ -63,6 +66,11 @@ def connect(url: str, timeout: float) -> Redis | RedisCluster:
         "socket_connect_timeout": timeout,
         "driver_info": None,
     }
+    if parts.scheme != "redis+cluster":  # the Cluster client has its own retries
+        # Pooled connections die with a restarted server: retry a command once, at
+        # once, on a fresh connection instead of failing the first call on each.
+        common["retry"] = Retry(NoBackoff(), 1)
+        common["retry_on_error"] = [RedisConnectionError]
     if parts.password:
         common["password"] = parts.password
     if parts.scheme == "redis+cluster":
