@@ -8,6 +8,7 @@ stacks can be kept for a flame graph (speedscope.app opens them as they are).
 
     .venv/bin/pip install py-spy
     .venv/bin/python bench/profile.py [--duration 10] [--native] [--out /tmp/qg.prof.txt]
+    .venv/bin/python bench/profile.py --store redis      # or "redis cluster"; see stores.py
 
 Sampling pauses the gateway for each sample (py-spy itself runs on core 1 with the
 load), so it costs some throughput: the shares, not the req/s, are the result.
@@ -27,8 +28,10 @@ from pathlib import Path
 
 from cpu import LOAD_CORE
 from loadgen import require_tools, run_wrk
-from processes import pinned
+from processes import Child, pinned
 from run import CHAT, Bench, describe
+from stores import StoresBench
+from stores_report import MEMORY, SHARED, STORES, VARIANTS
 
 OWN = "quotagate/"  # py-spy's short file names start with the package
 # Start-up frames under every sample: left out of the inclusive table.
@@ -48,6 +51,12 @@ def parse_args() -> argparse.Namespace:
                    "not of the function's start")  # fmt: skip
     p.add_argument("--top", type=int, default=25, help="rows per table")
     p.add_argument("--out", default="", help="keep the raw collapsed stacks here")
+    p.add_argument(
+        "--store", choices=STORES, default=MEMORY,
+        help="the limit store: run.py's memory-store gateway (default), or a private "
+        "redis-server / 3-master Cluster on core 1 with stores.py's --variant policy",
+    )  # fmt: skip
+    p.add_argument("--variant", choices=VARIANTS, default=SHARED, help="with --store redis…")
     return p.parse_args()
 
 
@@ -98,13 +107,22 @@ def table(title: str, counts: Counter[str], total: int, top: int, only_own: bool
     return [*lines, ""]
 
 
+def start_gateway(tmp: Path, args: argparse.Namespace, stack: ExitStack) -> tuple[Bench, Child]:
+    """The mock and the gateway, with run.py's policy or on a private Redis."""
+    if args.store == MEMORY:
+        bench = Bench(tmp, args, stack)
+        mock = bench.start_mock()
+        return bench, bench.start_gateway(mock.base_url + "/v1")
+    stores = StoresBench(tmp, args, stack, stores=(args.store,))
+    mock = stores.bench.start_mock()
+    return stores.bench, stores.start_gateway(mock, args.variant, args.store)
+
+
 def main() -> int:
     args = parse_args()
     require_tools("wrk")
     with tempfile.TemporaryDirectory(prefix="qg-prof-") as tmp, ExitStack() as stack:
-        bench = Bench(Path(tmp), args, stack)
-        mock = bench.start_mock()
-        gateway = bench.start_gateway(mock.base_url + "/v1")
+        bench, gateway = start_gateway(Path(tmp), args, stack)
         url = gateway.base_url + CHAT
         run_wrk(url, bench.load, args.connections, args.warmup)
         raw = Path(args.out) if args.out else Path(tmp) / "stacks.txt"

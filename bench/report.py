@@ -162,12 +162,17 @@ def git_commit(repo: Path) -> str:
     return commit + (" + uncommitted changes" if git("status", "--porcelain", "--", "src") else "")
 
 
-def write_results(path: Path, command: str, body: str, repo: Path) -> None:
-    """Replace the results section of ``path`` (between the markers), or add one."""
+def write_results(
+    path: Path, command: str, body: str, repo: Path,
+    markers: tuple[str, str] = (RESULTS_START, RESULTS_END), title: str = "Latest run",
+) -> None:  # fmt: skip
+    """Replace the results section of ``path`` between ``markers``, or add one (each
+    benchmark has its own section; the others are kept)."""
+    start, end = markers
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = "\n".join([
-        RESULTS_START,
-        "## Latest run",
+        start,
+        f"## {title}",
         "",
         f"- Date: {when}",
         f"- Machine: {machine()}",
@@ -175,12 +180,12 @@ def write_results(path: Path, command: str, body: str, repo: Path) -> None:
         f"- Command: `{command}`",
         "",
         body.rstrip(),
-        RESULTS_END,
+        end,
     ])  # fmt: skip
     text = path.read_text() if path.exists() else _RESULTS_HEADER
-    if RESULTS_START in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_START, 1)
-        text = head + section + rest.split(RESULTS_END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
@@ -188,7 +193,8 @@ def write_results(path: Path, command: str, body: str, repo: Path) -> None:
 
 _RESULTS_HEADER = """# Benchmark results
 
-Written by `bench/run.py --write` (see bench/README.md for what each number means).
-The section between the markers is replaced on every run; notes outside it are kept.
+Written by `bench/run.py --write` and `bench/stores.py --write` (see bench/README.md
+for what each number means). Each section between its markers is replaced by its own
+benchmark's next run; notes outside them are kept.
 A single run on a shared machine: a guide, not a record.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +51,8 @@ class Process:
     base_url: str
 
     def stop(self) -> None:
+        """Stop the process and everything it started (its own session): a wrapper
+        such as ``faketime`` forks, and its child must not outlive the test."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -57,11 +60,15 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
 
 
 def start(args: list[str], log: Path, ready_path: str, port: int, env: dict[str, str]) -> Process:
     out = log.open("wb")
-    proc = subprocess.Popen([*QUOTAGATE, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [*QUOTAGATE, *args], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     process = Process(proc, log, base)
     try:
@@ -165,7 +172,9 @@ class Gateway:
         log = self.tmp / f"gateway-{port}.log"
         out = log.open("wb")
         cmd = [*prefix, *QUOTAGATE, *args]
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
         process = Process(proc, log, f"http://127.0.0.1:{port}")
         try:
             wait_ready(process.base_url + "/healthz", proc, log)
