@@ -12,9 +12,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from hmac import compare_digest
 
-from quotagate.auth.keys import hash_key, parse_key_id
+from quotagate.auth.keys import parse_key_id, verify_key
 from quotagate.auth.principal import Principal
 from quotagate.db.repo import Database, KeyRow
 from quotagate.errors import AuthenticationFailed, ServiceUnavailable
@@ -63,8 +62,7 @@ class KeyAuthenticator:
             entry = await self._load(key_id)
         if entry.key_hash is None or entry.principal is None:
             raise AuthenticationFailed("Incorrect API key provided.")
-        # compare_digest: constant time in the secret part of the key.
-        if not compare_digest(hash_key(self._secret, plaintext), entry.key_hash):
+        if not verify_key(self._secret, plaintext, entry.key_hash):
             raise AuthenticationFailed("Incorrect API key provided.")
         return entry.principal
 

@@ -43,6 +43,7 @@ def hash_key(secret: bytes, plaintext: str) -> str:
 
 
 def verify_key(secret: bytes, plaintext: str, stored_hash: str) -> bool:
+    """Constant time in the secret part of the key."""
     return hmac.compare_digest(hash_key(secret, plaintext), stored_hash)
 
 

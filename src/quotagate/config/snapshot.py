@@ -47,9 +47,14 @@ class Snapshot:
     policy: Policy
     plans: dict[str, CompiledPlan]
     catalog: dict[str, ModelRoute]
+    # Some limit refuses (503) without its store: then the store is needed to be ready.
+    store_required: bool
 
     @classmethod
     def compile(cls, policy: Policy) -> Snapshot:
         global_limits = compile_limits(policy.global_limits, prefix="global.")
         plans = {n: _compile_plan(n, p, global_limits) for n, p in policy.plans.items()}
-        return cls(policy, plans, build_catalog(policy.models))
+        required = any(
+            limit.on_store_error == "closed" for plan in plans.values() for limit in plan.limits
+        )
+        return cls(policy, plans, build_catalog(policy.models), required)

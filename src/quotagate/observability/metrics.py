@@ -49,7 +49,8 @@ NEGATIVE_CACHE_HITS = Counter(
 
 
 # labels() takes a lock and rebuilds the key tuple on every call; the label sets are
-# bounded, so the children are looked up once and kept (measured: ~2.5 µs → 0.2 µs).
+# bounded, so the children are looked up once and kept (measured with timeit:
+# 2.0 µs → 0.4 µs per inc).
 @lru_cache(maxsize=4096)
 def request_counter(endpoint: str, model: str, status: int, decision: str) -> Any:
     return REQUESTS.labels(endpoint, model, str(status), decision)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import orjson
-
 from quotagate.config.snapshot import CompiledPlan
 from quotagate.errors import NotFound, PermissionDenied
 from quotagate.pipeline.context import RequestContext
@@ -42,10 +40,10 @@ class Authorize:
                 param="max_tokens",
             )
         # Clamp every field over the cap (or fill in the cap when the request names
-        # none): the body is re-encoded only here; otherwise the client's bytes go
-        # upstream as sent.
+        # none). Forward re-encodes a changed payload once; otherwise the client's bytes
+        # go upstream as sent.
         present = [f for f in TOKEN_FIELDS if ctx.payload.get(f) is not None]
         for field in present or ["max_tokens"]:
             ctx.payload[field] = min(ctx.payload.get(field) or cap, cap)
         ctx.max_tokens = cap
-        ctx.body = orjson.dumps(ctx.payload)
+        ctx.payload_changed = True

@@ -13,8 +13,7 @@ Headers = list[tuple[bytes, bytes]]
 
 
 class RequestContext:
-    # __slots__: one of these per request; measured ~15% faster attribute access and
-    # half the memory of a dict-backed instance.
+    # __slots__: one of these per request (STYLE 11): no per-instance dict.
     __slots__ = (
         "api_key",
         "body",
@@ -26,6 +25,7 @@ class RequestContext:
         "max_tokens",
         "model",
         "payload",
+        "payload_changed",
         "plan",
         "principal",
         "prompt_estimate",
@@ -58,6 +58,7 @@ class RequestContext:
         self.plan: Any = None
         self.body = b""
         self.payload: dict[str, Any] = {}
+        self.payload_changed = False  # a stage rewrote the payload: body is stale
         self.model = ""
         self.stream = False
         self.max_tokens: int | None = None

@@ -56,6 +56,8 @@ class Forward:
         headers = dict(target.headers)
         headers["x-request-id"] = ctx.request_id
         url = target.base_url + ctx.endpoint.upstream_path
+        if ctx.payload_changed:  # stages edited the request: encode it once, here
+            ctx.body = orjson.dumps(ctx.payload)
         try:
             resp = await session.post(url, data=ctx.body, headers=headers, timeout=target.timeout)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

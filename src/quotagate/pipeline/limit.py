@@ -6,8 +6,6 @@ awaits ``ctx.leases`` release through the engine).
 
 from __future__ import annotations
 
-import orjson
-
 from quotagate.budget.estimate import prompt_tokens
 from quotagate.config.snapshot import CompiledPlan
 from quotagate.errors import RateLimited
@@ -86,7 +84,7 @@ def ask_for_stream_usage(ctx: RequestContext) -> None:
     if options.get("include_usage") is True:
         return
     ctx.payload["stream_options"] = {**options, "include_usage": True}
-    ctx.body = orjson.dumps(ctx.payload)
+    ctx.payload_changed = True
     ctx.strip_usage = True
 
 

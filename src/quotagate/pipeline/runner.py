@@ -22,17 +22,18 @@ from quotagate.store.base import Adjustable, LeaseCheck
 log = logging.getLogger("quotagate.requests")
 
 
-class LeaseReleaser(Protocol):
+class LimitSettlement(Protocol):
+    """What the runner does after the response: give leases back, settle reservations."""
+
     async def release(self, leases: Sequence[LeaseCheck]) -> None: ...
 
     async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None: ...
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], leases: LeaseReleaser | None = None) -> None:
+    def __init__(self, stages: Sequence[Stage], settle: LimitSettlement | None = None) -> None:
         self.stages = tuple(stages)
-        self.names = tuple(stage.name for stage in stages)
-        self._leases = leases
+        self._settle = settle
 
     async def run(self, ctx: RequestContext) -> None:
         started = time.perf_counter()
@@ -47,10 +48,11 @@ class Pipeline:
             log.exception("unexpected error in request %s", ctx.request_id)
             await self._refuse(ctx, GatewayError("The gateway failed to handle the request."))
         finally:
-            if ctx.leases and self._leases is not None:
-                await self._leases.release(ctx.leases)
-            if ctx.token_checks and self._leases is not None:
-                await self._settle_tokens(ctx, self._leases)
+            if self._settle is not None:
+                if ctx.leases:
+                    await self._settle.release(ctx.leases)
+                if ctx.token_checks:
+                    await self._settle_tokens(ctx, self._settle)
             self._observe(ctx, started)
 
     @staticmethod
@@ -67,7 +69,7 @@ class Pipeline:
         await send_error(ctx, exc)
 
     @staticmethod
-    async def _settle_tokens(ctx: RequestContext, store: LeaseReleaser) -> None:
+    async def _settle_tokens(ctx: RequestContext, store: LimitSettlement) -> None:
         """Replace the reservation with what was used: the upstream's count; nothing when
         no answer came (an upstream error or a refusal after reserving)."""
         used = ctx.usage_tokens if ctx.usage_tokens is not None else 0

@@ -27,10 +27,6 @@ class Target:
     headers: tuple[tuple[str, str], ...]
     timeout: aiohttp.ClientTimeout
 
-    @property
-    def name(self) -> str:
-        return f"{self.model}/{self.region}/{self.index}"
-
 
 def _target(model: str, index: int, dep: Deployment) -> Target:
     headers = [("content-type", "application/json")]

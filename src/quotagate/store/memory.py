@@ -172,11 +172,6 @@ class MemoryStore:
         """The stored TAT of ``key`` (for inspection and tests)."""
         return self._tats.get(key)
 
-    def snapshot(self, prefix: str = "") -> dict[str, float]:
-        """Live counters whose key starts with ``prefix``, as seconds until full."""
-        now = self._clock()
-        return {k: tat - now for k, tat in self._tats.items() if k.startswith(prefix) and tat > now}
-
     async def start(self) -> None:
         return None
 

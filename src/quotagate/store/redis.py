@@ -157,12 +157,9 @@ class RedisStore:
         return Admission(bool(reply[0]), outcomes, int(reply[1]) - 1)
 
     async def _acquire_by_slot(self, checks: Sequence[Check]) -> Admission:
-        groups: dict[int, list[int]] = {}
-        for index, check in enumerate(checks):
-            groups.setdefault(key_slot((self.prefix + check.key).encode()), []).append(index)
         # Cross-tenant slots first, the tenant's own slot last: a denial there is the
         # common case and the earlier slots are then compensated.
-        order = sorted(groups.values(), key=lambda ix: "{t:" in checks[ix[0]].key)
+        order = sorted(self._by_slot(checks), key=lambda ix: "{t:" in checks[ix[0]].key)
         outcomes: list[CheckOutcome | None] = [None] * len(checks)
         admitted: list[Check] = []
         for indexes in order:
