@@ -13,6 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from e2e_clients import MockUpstream
 
 from harness import Gateway, policy
 
@@ -26,13 +27,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator
         "models": ["gpt-3.5-turbo"],
         "limits": [{"scope": "key", "tokens": LIMIT, "per": "1h"}],
     }
+    doc["plans"]["tpm-capped"] = {**doc["plans"]["tpm"], "max_tokens": 300}
     gw = Gateway(Path(tmp_path_factory.mktemp("tpm")), doc).start()
     yield gw
     gw.stop()
 
 
-def client(gw: Gateway) -> openai.OpenAI:
-    key = gw.tenant_key("tpm-tenant", "tpm")
+def client(gw: Gateway, plan: str = "tpm") -> openai.OpenAI:
+    key = gw.tenant_key(f"{plan}-tenant", plan)
     return openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
 
 
@@ -118,3 +120,23 @@ def test_tokens_run_out_then_429_with_token_headers(gateway: Gateway) -> None:
     headers = info.value.response.headers
     assert int(headers["retry-after"]) >= 1
     assert int(headers["x-ratelimit-remaining-tokens"]) < 200
+
+
+def test_clamp_and_usage_request_both_reach_the_upstream(
+    gateway: Gateway, mock: MockUpstream
+) -> None:
+    """Two stages rewrite the same request (the plan's cap, the stream's usage option);
+    the body is encoded once, with both."""
+    c = client(gateway, "tpm-capped")
+    messages = [{"role": "user", "content": "[[mock:tokens=3]] both"}]
+    list(
+        c.chat.completions.create(
+            model="gpt-3.5-turbo",
+            messages=messages,
+            max_tokens=1000,
+            stream=True,  # type: ignore[arg-type]
+        )
+    )
+    forwarded = mock.last_request()["body"]
+    assert forwarded["max_tokens"] == 300
+    assert forwarded["stream_options"] == {"include_usage": True}

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from harness import Gateway, Process, policy
-from redis_servers import RedisServer, start_redis
+from redis_servers import RedisServer
 
 CHAT = "/v1/chat/completions"
 IN_FLIGHT = 3  # plans.leased: concurrent requests per tenant
@@ -68,15 +68,6 @@ def issued(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Key:
     issuer = Gateway(tmp_path_factory.mktemp("keys"), doc)
     key = issuer.tenant_key("leaseholder", "leased")
     return Key(issuer.doc["database"]["url"], issuer.env["QUOTAGATE_SECRET"], key)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis")
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)  # a failed freeze test must not leak it
-    server.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from harness import Gateway, policy
-from redis_servers import RedisServer, start_redis
+from redis_servers import RedisServer
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]}
@@ -79,15 +79,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Keys:
         issuer.tenant_key("streamer", "stream"),
         issuer.tenant_key("counter", "exact"),
     )
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis")
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)  # a failed freeze test must not leak it
-    server.stop()
 
 
 @pytest.fixture
