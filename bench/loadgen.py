@@ -7,6 +7,7 @@ rate, is marked invalid: its numbers are not a throughput or a latency of the pa
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -136,3 +137,19 @@ def _run(cmd: list[str], env: dict[str, str], duration: float) -> str:
         tool = cmd[3]  # after "taskset -c N"
         raise RuntimeError(f"{tool} exited {result.returncode}:\n{result.stderr}{result.stdout}")
     return result.stdout
+
+
+def add_load_options(p: argparse.ArgumentParser, default_rate: str) -> None:
+    """The load options every benchmark command shares."""
+    p.add_argument("--duration", type=float, default=10, help="seconds per measured run")
+    p.add_argument("--warmup", type=float, default=3, help="seconds of warm-up before each")
+    p.add_argument("--repeat", type=int, default=1, help="measured runs each; the best is kept")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections, saturation")
+    p.add_argument("--rate", type=float, help=f"fixed rate, req/s (default: {default_rate})")
+    p.add_argument("--skip-fixed-rate", action="store_true", help="saturation runs only")
+    p.add_argument("--fixed-connections", type=int, default=128, help="paced wrk connections")
+    p.add_argument(
+        "--wait-quiet", type=float, default=0, metavar="SECONDS",
+        help="wait up to this long for cores 0 and 1 to be idle before starting",
+    )  # fmt: skip
+    p.add_argument("--write", action="store_true", help="write bench/RESULTS.md")

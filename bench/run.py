@@ -31,7 +31,7 @@ from types import FrameType
 import yaml
 
 from cpu import LOAD_CORE, PROXY_CORE, measure_cpu, wait_for_quiet
-from loadgen import Load, Run, require_tools, run_hey, run_wrk
+from loadgen import Load, Run, add_load_options, require_tools, run_hey, run_wrk
 from processes import Child, check_answers, free_port, start_child
 from report import DIRECT, GATEWAY, PASSTHROUGH, Target, render, verdicts, write_results
 
@@ -47,23 +47,12 @@ QUOTAGATE = [sys.executable, "-m", "quotagate"]
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="quotagate: gateway vs direct vs pass-through.")
-    p.add_argument("--duration", type=float, default=10, help="seconds per measured run")
-    p.add_argument("--warmup", type=float, default=3, help="seconds of warm-up before each")
-    p.add_argument("--repeat", type=int, default=1, help="measured runs each; the best is kept")
-    p.add_argument("--connections", type=int, default=32, help="wrk connections, saturation")
-    p.add_argument("--rate", type=float, help="fixed rate, req/s (default: gateway req/s / 2)")
-    p.add_argument("--skip-fixed-rate", action="store_true", help="saturation runs only")
+    add_load_options(p, default_rate="gateway req/s / 2")
     p.add_argument(
         "--fixed-tool", choices=("wrk", "hey"), default="wrk",
         help="fixed-rate load: wrk paced by chat.lua (default) or hey",
     )  # fmt: skip
-    p.add_argument("--fixed-connections", type=int, default=128, help="paced wrk connections")
     p.add_argument("--fixed-workers", type=int, default=8, help="hey workers (-c)")
-    p.add_argument(
-        "--wait-quiet", type=float, default=0, metavar="SECONDS",
-        help="wait up to this long for cores 0 and 1 to be idle before starting",
-    )  # fmt: skip
-    p.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     return p.parse_args()
 
 

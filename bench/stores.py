@@ -37,7 +37,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cpu import LOAD_CORE, PROXY_CORE, measure_cpu, wait_for_quiet
-from loadgen import Load, Run, require_tools, run_wrk
+from loadgen import Load, Run, add_load_options, require_tools, run_wrk
 from processes import Child, check_answers, free_port
 from redis_stores import CallsPerRequest, RedisDeployment, script_commands, start_redis_stores
 from report import Target, write_results
@@ -66,22 +66,11 @@ _NOT_PROXIED = frozenset({"metrics", "healthz", "readyz", "models"})
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="quotagate: memory vs Redis vs Redis Cluster.")
-    p.add_argument("--duration", type=float, default=10, help="seconds per measured run")
-    p.add_argument("--warmup", type=float, default=3, help="seconds of warm-up before each")
-    p.add_argument("--repeat", type=int, default=1, help="measured runs each; the best is kept")
-    p.add_argument("--connections", type=int, default=32, help="wrk connections, saturation")
-    p.add_argument("--rate", type=float, help="fixed rate, req/s (default: slowest store's / 2)")
-    p.add_argument("--skip-fixed-rate", action="store_true", help="saturation runs only")
-    p.add_argument("--fixed-connections", type=int, default=128, help="paced wrk connections")
+    add_load_options(p, default_rate="slowest store's req/s / 2")
     p.add_argument(
         "--variants", default=",".join(VARIANTS),
         help=f"policies to run, comma-separated (default: {','.join(VARIANTS)})",
     )  # fmt: skip
-    p.add_argument(
-        "--wait-quiet", type=float, default=0, metavar="SECONDS",
-        help="wait up to this long for cores 0 and 1 to be idle before starting",
-    )  # fmt: skip
-    p.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     args = p.parse_args()
     args.fixed_tool = "wrk"  # Bench.fixed's paced wrk
     args.fixed_workers = 0
