@@ -6,7 +6,7 @@ the field, not a silently ignored line.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,6 +24,15 @@ def _check_listen(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"invalid listen address {value!r}: expected HOST:PORT")
+    return value
+
+
+def _check_scopes(value: str | list[str]) -> str | list[str]:
+    for scope in [value] if isinstance(value, str) else value:
+        if scope not in SCOPES and not (scope.startswith("header:") and len(scope) > 7):
+            raise ValueError(
+                f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)} or header:<name>"
+            )
     return value
 
 
@@ -134,15 +143,7 @@ class LimitRule(Frozen):
     # above the longest request (the deployments' total timeout).
     lease_ttl: Duration = 600.0
 
-    @field_validator("scope")
-    @classmethod
-    def _known_scopes(cls, value: str | list[str]) -> str | list[str]:
-        for scope in [value] if isinstance(value, str) else value:
-            if scope not in SCOPES and not (scope.startswith("header:") and len(scope) > 7):
-                raise ValueError(
-                    f"unknown scope {scope!r}: expected one of {', '.join(SCOPES)} or header:<name>"
-                )
-        return value
+    _scopes = field_validator("scope")(_check_scopes)
 
     @model_validator(mode="after")
     def _one_amount(self) -> LimitRule:
@@ -175,6 +176,64 @@ class LimitRule(Frozen):
         return (self.scope,) if isinstance(self.scope, str) else tuple(self.scope)
 
 
+Calendar = Literal["day", "week", "month"]
+Thresholds = list[Annotated[float, Field(gt=0, lt=1)]]
+
+
+class Fallback(Frozen):
+    fallback: str  # a cheaper model that serves the request instead
+
+
+class QuotaRule(Frozen):
+    """An amount per calendar period, reset at midnight in the tenant's time zone
+    (months on the tenant's billing day). Exhausting one answers 402."""
+
+    scope: str | list[str] = "tenant"
+    model: str | None = None  # only requests for this model count (and are refused)
+    tokens: int | None = Field(default=None, gt=0)
+    requests: int | None = Field(default=None, gt=0)
+    cost: float | None = Field(default=None, gt=0)  # money, in the policy's currency
+    per: Calendar = "month"
+    alerts: Thresholds = []  # fractions used that send a warning header and an alert
+    # reject (402), lower max_tokens to what is left (clamp), or serve a cheaper model.
+    on_exhausted: Literal["reject", "clamp"] | Fallback = "reject"
+    on_store_error: Literal["open", "closed", "local"] = "closed"
+
+    _scopes = field_validator("scope")(_check_scopes)
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> QuotaRule:
+        if sum(a is not None for a in (self.tokens, self.requests, self.cost)) != 1:
+            raise ValueError("a quota needs exactly one amount: tokens, requests or cost")
+        if self.on_exhausted == "clamp" and self.requests is not None:
+            raise ValueError("a requests quota cannot clamp max_tokens: use reject or fallback")
+        return self
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return (self.scope,) if isinstance(self.scope, str) else tuple(self.scope)
+
+
+class Budget(Frozen):
+    """Money per calendar period, charged at each model's price (integer micro-units)."""
+
+    amount: float = Field(gt=0)
+    currency: str = "USD"
+    per: Calendar = "month"
+    scope: str | list[str] = "tenant"
+    alerts: Thresholds = []
+    on_exhausted: Literal["reject", "clamp"] | Fallback = "reject"
+    on_store_error: Literal["open", "closed", "local"] = "closed"
+
+    _scopes = field_validator("scope")(_check_scopes)
+
+    def as_quota(self) -> QuotaRule:
+        return QuotaRule(
+            scope=self.scope, cost=self.amount, per=self.per, alerts=self.alerts,
+            on_exhausted=self.on_exhausted, on_store_error=self.on_store_error,
+        )  # fmt: skip
+
+
 class Plan(Frozen):
     models: list[str] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, gt=0)
@@ -184,6 +243,10 @@ class Plan(Frozen):
     # (settlement then charges what it really produced).
     default_max_tokens: int = Field(default=1024, gt=0)
     limits: list[LimitRule] = []
+    quotas: list[QuotaRule] = []
+    budget: Budget | None = None
+    # on_exhausted: clamp serves a request only if at least this many output tokens fit.
+    clamp_min_tokens: int = Field(default=16, gt=0)
 
 
 class EmbeddedMock(Frozen):
@@ -194,6 +257,34 @@ class EmbeddedMock(Frozen):
     _listen = field_validator("listen")(_check_listen)
 
 
+class LedgerConfig(Frozen):
+    enabled: bool = True
+    # Records wait here while the database is down and are replayed when it is back
+    # (default: spool/ under $QUOTAGATE_DATA_DIR).
+    spool_dir: str | None = None
+    batch_size: int = Field(default=500, gt=0)
+    flush_interval: Duration = 0.2
+
+
+class AlertsConfig(Frozen):
+    webhook_url: str | None = None
+    # The HMAC key signing each delivery is read from this environment variable.
+    secret_env: str = "QUOTAGATE_ALERT_SECRET"
+
+
+class AccountingConfig(Frozen):
+    # 402 insufficient_quota (the official SDKs never retry it), or 429 for clients
+    # that only understand rate limits.
+    exhausted_status: Literal[402, 429] = 402
+    # A reservation not settled by then (its gateway died) is reaped and recorded
+    # unsettled; keep it above the deployments' total timeout.
+    reservation_ttl: Duration = 900.0
+    # How long a response is kept for replay to a retry with the same Idempotency-Key.
+    idempotency_ttl: Duration = 86400.0
+    ledger: LedgerConfig = LedgerConfig()
+    alerts: AlertsConfig = AlertsConfig()
+
+
 class Policy(Frozen):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
@@ -202,4 +293,24 @@ class Policy(Frozen):
     models: dict[str, Model] = Field(min_length=1)
     plans: dict[str, Plan] = Field(min_length=1)
     global_limits: list[LimitRule] = []
+    accounting: AccountingConfig = AccountingConfig()
     mock_llm: EmbeddedMock = EmbeddedMock()
+
+    @model_validator(mode="after")
+    def _models_exist(self) -> Policy:
+        for name, plan in self.plans.items():
+            quotas = plan.quotas + ([plan.budget.as_quota()] if plan.budget else [])
+            for quota in quotas:
+                for model in (quota.model, _fallback(quota.on_exhausted)):
+                    if model is not None and model not in self.models:
+                        raise ValueError(f"plans.{name}: unknown model {model!r} in a quota")
+                fallback = _fallback(quota.on_exhausted)
+                if fallback is not None and "*" not in plan.models and fallback not in plan.models:
+                    raise ValueError(
+                        f"plans.{name}: fallback model {fallback!r} is not one of the plan's models"
+                    )
+        return self
+
+
+def _fallback(action: object) -> str | None:
+    return action.fallback if isinstance(action, Fallback) else None

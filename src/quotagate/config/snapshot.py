@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from quotagate.config.schema import Plan, Policy
 from quotagate.limits.headers import policy_header
 from quotagate.limits.policy import CompiledLimit, compile_limits
+from quotagate.limits.quotas import compile_quota
 from quotagate.routing.catalog import ModelRoute, build_catalog
+
+
+@dataclass(slots=True, frozen=True)
+class LimitSet:
+    """What applies to one plan and model, in store-call order: rates, then quotas."""
+
+    limits: tuple[CompiledLimit, ...]
+    rates: int  # the first `rates` entries are rate limits (the RateLimit headers)
+    policy_header: bytes
+    has_leases: bool
+    metered: bool  # some counter is in tokens or money: reserve, then settle
+    has_quotas: bool
+
+    @classmethod
+    def of(cls, rates: tuple[CompiledLimit, ...], quotas: Iterable[CompiledLimit]) -> LimitSet:
+        limits = rates + tuple(quotas)
+        return cls(
+            limits,
+            len(rates),
+            policy_header(rates),
+            any(limit.unit == "concurrent" for limit in limits),
+            any(limit.unit in ("tokens", "micros") for limit in limits),
+            len(limits) > len(rates),
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -16,29 +42,47 @@ class CompiledPlan:
     models: frozenset[str] | None  # None: every model in the catalog
     max_tokens: int | None
     reject_over_max: bool
-    limits: tuple[CompiledLimit, ...]  # global limits first, then the plan's own
-    policy_header: bytes
-    has_leases: bool
-    has_tokens: bool
     default_max_tokens: int
+    clamp_min_tokens: int
+    currency: str
+    by_model: dict[str, LimitSet]
+    default: LimitSet  # for a model with no quota of its own
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
 
+    def limits_for(self, model: str) -> LimitSet:
+        return self.by_model.get(model, self.default)
 
-def _compile_plan(name: str, plan: Plan, global_limits: tuple[CompiledLimit, ...]) -> CompiledPlan:
-    limits = global_limits + compile_limits(plan.limits, prefix=f"{name}.")
-    models = None if "*" in plan.models else frozenset(plan.models)
+    @property
+    def all_limits(self) -> tuple[CompiledLimit, ...]:
+        seen = {
+            limit.name: limit for s in (self.default, *self.by_model.values()) for limit in s.limits
+        }
+        return tuple(seen.values())
+
+
+def _compile_plan(
+    name: str, plan: Plan, global_limits: tuple[CompiledLimit, ...], models: Iterable[str]
+) -> CompiledPlan:
+    rates = global_limits + compile_limits(plan.limits, prefix=f"{name}.")
+    quotas = [compile_quota(q, f"{name}.") for q in plan.quotas]
+    if plan.budget is not None:
+        quotas.append(compile_quota(plan.budget.as_quota(), f"{name}.", budget=True))
+    by_model = {
+        model: LimitSet.of(rates, (q for q in quotas if q.model in (None, model)))
+        for model in models
+    }
     return CompiledPlan(
         name,
-        models,
+        None if "*" in plan.models else frozenset(plan.models),
         plan.max_tokens,
         plan.max_tokens_policy == "reject",
-        limits,
-        policy_header(limits),
-        any(limit.unit == "concurrent" for limit in limits),
-        any(limit.unit == "tokens" for limit in limits),
         plan.default_max_tokens,
+        plan.clamp_min_tokens,
+        plan.budget.currency if plan.budget else "USD",
+        by_model,
+        LimitSet.of(rates, (q for q in quotas if q.model is None)),
     )
 
 
@@ -53,8 +97,10 @@ class Snapshot:
     @classmethod
     def compile(cls, policy: Policy) -> Snapshot:
         global_limits = compile_limits(policy.global_limits, prefix="global.")
-        plans = {n: _compile_plan(n, p, global_limits) for n, p in policy.plans.items()}
+        plans = {
+            n: _compile_plan(n, p, global_limits, policy.models) for n, p in policy.plans.items()
+        }
         required = any(
-            limit.on_store_error == "closed" for plan in plans.values() for limit in plan.limits
+            limit.on_store_error == "closed" for plan in plans.values() for limit in plan.all_limits
         )
         return cls(policy, plans, build_catalog(policy.models), required)

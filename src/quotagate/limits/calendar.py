@@ -54,3 +54,9 @@ def candidate_periods(
     start, end = period_bounds(datetime.fromtimestamp(now, UTC), period, tz, anchor_day)
     _, next_end = period_bounds(end, period, tz, anchor_day)
     return start.timestamp(), end.timestamp(), next_end.timestamp()
+
+
+def previous_start(start: float, period: Period, tz: ZoneInfo, anchor_day: int = 1) -> float:
+    """Epoch seconds at which the period before the one starting at ``start`` began."""
+    at = datetime.fromtimestamp(start - 1, UTC)
+    return period_bounds(at, period, tz, anchor_day)[0].timestamp()

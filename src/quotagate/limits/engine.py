@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from quotagate.errors import ServiceUnavailable
 from quotagate.limits.policy import CompiledLimit
@@ -30,12 +31,14 @@ from quotagate.store.base import (
     LeaseCheck,
     LimitStore,
     RateCheck,
+    ReservationCheck,
     StoreUnavailable,
     WindowCheck,
 )
 from quotagate.store.memory import MemoryStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _LOG_EVERY = 10.0  # seconds between degraded-mode summaries
 _MAX_ORPHANS = 100_000  # leases of unknown fate kept for a later release
 
@@ -84,6 +87,8 @@ def _scaled(check: Check, instances: int) -> Check:
         return check._replace(
             interval=check.interval * instances, capacity=max(1, check.capacity // instances)
         )
+    if isinstance(check, ReservationCheck):
+        return check
     return check._replace(limit=max(1, check.limit // instances))
 
 
@@ -180,6 +185,55 @@ class LimitEngine:
                 await self.store.adjust(checks, deltas)
         except (StoreUnavailable, TimeoutError):
             STORE_ERRORS.labels("adjust").inc()
+
+    async def settle(
+        self,
+        reservation: ReservationCheck | None,
+        checks: Sequence[Adjustable],
+        deltas: Sequence[int],
+    ) -> bool:
+        """Replace a request's reservation by what it used. False when a reaper took the
+        reservation first (it is in the ledger as unsettled) or the store cannot answer
+        (then the reservation stays charged and is reaped: never silently forgiven)."""
+        if reservation is None:
+            if any(deltas):
+                await self.adjust(checks, deltas)
+            return True
+        if not self.remote:
+            return await self.store.settle(reservation, checks, deltas)
+        try:
+            async with asyncio.timeout(self.settings.timeout * 4):
+                return await self.store.settle(reservation, checks, deltas)
+        except (StoreUnavailable, TimeoutError):
+            STORE_ERRORS.labels("settle").inc()
+            return False
+
+    async def reap(self, limit: int = 1000) -> list[str]:
+        """Reservations past their deadline, taken by this instance (empty when the
+        store cannot answer: another pass, or another instance, takes them later)."""
+        try:
+            async with asyncio.timeout(max(1.0, self.settings.timeout * 40)):
+                return await self.store.reap(limit)
+        except (StoreUnavailable, TimeoutError):
+            STORE_ERRORS.labels("reap").inc()
+            return []
+
+    async def put_if_absent(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        """The store's set-if-absent, bounded by a deadline; StoreUnavailable past it."""
+        return await self._bounded(self.store.put_if_absent(key, value, ttl))
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        await self._bounded(self.store.put(key, value, ttl))
+
+    async def delete(self, key: str) -> None:
+        await self._bounded(self.store.delete(key))
+
+    async def _bounded(self, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.settings.timeout * 4):
+                return await call
+        except TimeoutError as exc:
+            raise StoreUnavailable("timed out") from exc
 
     def _cached_refusal(self, checks: Sequence[Check], now: float) -> Admission | None:
         for check in checks:

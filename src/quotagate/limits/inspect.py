@@ -29,7 +29,7 @@ class CounterState:
 
 
 def limits_by_name(snapshot: Snapshot) -> dict[str, CompiledLimit]:
-    return {limit.name: limit for plan in snapshot.plans.values() for limit in plan.limits}
+    return {limit.name: limit for plan in snapshot.plans.values() for limit in plan.all_limits}
 
 
 def _name_of(key: str, prefix: str) -> str:

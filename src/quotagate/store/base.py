@@ -51,7 +51,10 @@ class WindowCheck(NamedTuple):
 class CounterCheck(NamedTuple):
     """A counter that resets at window boundaries: fixed windows of ``window`` seconds
     aligned on the store's clock, or calendar periods (``window`` 0) whose bounds the
-    gateway computed: ``[start, end)`` and the next one ``[end, next_end)``."""
+    gateway computed: ``[start, end)``, the next one ``[end, next_end)`` and the one
+    before, from ``prev_start`` (0: as long as this one). The store charges the period
+    that holds its own clock's now, so a gateway a little off across midnight counts
+    into the store's period."""
 
     key: str
     limit: int
@@ -60,9 +63,31 @@ class CounterCheck(NamedTuple):
     start: float = 0.0
     end: float = 0.0
     next_end: float = 0.0
+    prev_start: float = 0.0
+
+    def calendar(self) -> tuple[float, float, float, float]:
+        """``(prev_start, start, end, next_end)``."""
+        prev = self.prev_start or self.start - (self.end - self.start)
+        return prev, self.start, self.end, self.next_end
+
+    def period_at(self, at: float) -> tuple[float, float]:
+        """``[start, end)`` of the calendar period holding ``at``."""
+        prev, start, end, next_end = self.calendar()
+        if at < start:
+            return prev, start
+        return (end, next_end) if at >= end else (start, end)
 
 
-Check = RateCheck | LeaseCheck | WindowCheck | CounterCheck
+class ReservationCheck(NamedTuple):
+    """Not a limit: the record of what a request reserved, kept until it settles. One
+    its gateway never settles (killed) is reaped by any instance after ``ttl``."""
+
+    key: str
+    member: str  # unique per request; carries what the ledger needs (JSON)
+    ttl: float
+
+
+Check = RateCheck | LeaseCheck | WindowCheck | CounterCheck | ReservationCheck
 Adjustable = RateCheck | CounterCheck
 
 
@@ -87,7 +112,26 @@ class LimitStore(Protocol):
         """Charge (positive) or refund (negative) units on counters already consumed."""
         ...
 
+    async def settle(
+        self, reservation: ReservationCheck, checks: Sequence[Adjustable], deltas: Sequence[int]
+    ) -> bool:
+        """Remove the reservation and apply the deltas, atomically per slot; nothing is
+        applied (False) when the reservation was reaped already."""
+        ...
+
+    async def reap(self, limit: int = 1000) -> list[str]:
+        """Take (remove and return) up to ``limit`` reservations past their deadline."""
+        ...
+
     async def release(self, leases: Sequence[LeaseCheck]) -> None: ...
+
+    async def put_if_absent(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        """Set ``key`` unless it exists; returns the existing value, or None if set."""
+        ...
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
 
     async def start(self) -> None:
         """Prepare before traffic; raises ``StoreUnavailable`` if the store is down."""

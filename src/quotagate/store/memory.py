@@ -19,6 +19,7 @@ from quotagate.store.base import (
     CounterCheck,
     LeaseCheck,
     RateCheck,
+    ReservationCheck,
     WindowCheck,
 )
 
@@ -43,6 +44,9 @@ class MemoryStore:
         self._logs: dict[str, deque[float]] = {}
         self._log_windows: dict[str, float] = {}
         self._counters: dict[str, tuple[float, int, float]] = {}  # key → (start, used, end)
+        # member → (deadline, admitted at on the wall clock)
+        self._reservations: dict[str, tuple[float, float]] = {}
+        self._values: dict[str, tuple[bytes, float]] = {}  # key → (value, expiry)
         self._until_sweep = _SWEEP_EVERY
 
     async def acquire(self, checks: Sequence[Check]) -> Admission:
@@ -60,6 +64,8 @@ class MemoryStore:
                 allowed, write, outcome = self._window(check, now)
             elif isinstance(check, CounterCheck):
                 allowed, write, outcome = self._counter(check, self._wall())
+            elif isinstance(check, ReservationCheck):
+                allowed, write, outcome = True, now + check.ttl, CheckOutcome(0, 0.0, 0.0)
             else:
                 allowed, write, outcome = self._lease(check, now)
             outcomes.append(outcome)
@@ -76,6 +82,8 @@ class MemoryStore:
             elif isinstance(check, WindowCheck):
                 self._logs.setdefault(check.key, deque()).append(write)
                 self._log_windows[check.key] = check.window
+            elif isinstance(check, ReservationCheck):
+                self._reservations[check.member] = (write, self._wall())
             else:
                 self._leases.setdefault(check.key, {})[check.lease_id] = write
         self._maybe_sweep(now)
@@ -91,9 +99,7 @@ class MemoryStore:
         if check.window:
             start = (now // check.window) * check.window
             return start, start + check.window
-        if now >= check.end:
-            return check.end, check.next_end
-        return check.start, check.end
+        return check.period_at(now)
 
     def _used(self, key: str, start: float) -> int:
         held = self._counters.get(key)
@@ -132,11 +138,20 @@ class MemoryStore:
             return True, now + check.ttl, CheckOutcome(check.limit - count - 1, 0.0, 0.0)
         return False, 0.0, CheckOutcome(0, 0.0, _LEASE_RETRY)
 
-    async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None:
+    async def adjust(
+        self, checks: Sequence[Adjustable], deltas: Sequence[int], at: float | None = None
+    ) -> None:
+        """``at``: when the request was admitted (wall clock), for calendar counters: a
+        correction goes to the period it was charged in, or nowhere if that has ended."""
         now = self._clock()
+        admitted = self._wall() if at is None else at
         for check, delta in zip(checks, deltas, strict=True):
             if isinstance(check, CounterCheck):
-                if (held := self._counters.get(check.key)) is not None:
+                held = self._counters.get(check.key)
+                charged = held is not None and (
+                    check.window or held[0] == self._bounds(check, admitted)[0]
+                )
+                if held is not None and charged:
                     self._counters[check.key] = (held[0], max(0, held[1] + delta), held[2])
                 continue
             tat = self._tats.get(check.key)
@@ -148,11 +163,43 @@ class MemoryStore:
             else:
                 self._tats.pop(check.key, None)
 
+    async def settle(
+        self, reservation: ReservationCheck, checks: Sequence[Adjustable], deltas: Sequence[int]
+    ) -> bool:
+        held = self._reservations.pop(reservation.member, None)
+        if held is None:
+            return False
+        await self.adjust(checks, deltas, at=held[1])
+        return True
+
+    async def reap(self, limit: int = 1000) -> list[str]:
+        now = self._clock()
+        due = [m for m, (deadline, _) in self._reservations.items() if deadline <= now][:limit]
+        for member in due:
+            del self._reservations[member]
+        return due
+
     async def release(self, leases: Sequence[LeaseCheck]) -> None:
         for lease in leases:
             held = self._leases.get(lease.key)
             if held is not None:
                 held.pop(lease.lease_id, None)
+
+    async def put_if_absent(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        held = self._values.get(key)
+        if held is not None and held[1] > self._clock():
+            return held[0]
+        await self.put(key, value, ttl)
+        return None
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        if len(self._values) > 100_000:
+            now = self._clock()
+            self._values = {k: v for k, v in self._values.items() if v[1] > now}
+        self._values[key] = (value, self._clock() + ttl)
+
+    async def delete(self, key: str) -> None:
+        self._values.pop(key, None)
 
     def _maybe_sweep(self, now: float) -> None:
         self._until_sweep -= 1
@@ -183,3 +230,5 @@ class MemoryStore:
         self._leases.clear()
         self._logs.clear()
         self._counters.clear()
+        self._reservations.clear()
+        self._values.clear()

@@ -34,6 +34,7 @@ from quotagate.store.base import (
     CounterCheck,
     LeaseCheck,
     RateCheck,
+    ReservationCheck,
     StoreUnavailable,
     WindowCheck,
 )
@@ -100,18 +101,20 @@ def _args(check: Check) -> tuple[str | int | float, ...]:
     if isinstance(check, WindowCheck):
         return ("w", check.limit, round(check.window * _US), check.entry_id)
     if isinstance(check, CounterCheck):
-        if check.window:
-            spec = f"f:{round(check.window * _US)}"
-        else:
-            bounds = (check.start, check.end, check.next_end)
-            spec = "c:" + ":".join(str(round(b * _US)) for b in bounds)
+        spec = f"f:{round(check.window * _US)}" if check.window else _calendar_spec(check)
         return ("c", check.limit, check.cost, spec)
+    if isinstance(check, ReservationCheck):
+        return ("r", round(check.ttl * _US), 0, check.member)
     return ("l", check.limit, round(check.ttl * _US), check.lease_id)
 
 
-def _adjust_args(check: Adjustable, delta: int) -> tuple[str, float, int]:
-    if isinstance(check, CounterCheck):
-        return ("c", 0.0, delta)
+def _calendar_spec(check: CounterCheck) -> str:
+    return "c:" + ":".join(str(round(b * _US)) for b in check.calendar())
+
+
+def _adjust_args(check: Adjustable, delta: int) -> tuple[str, float | str, int]:
+    if isinstance(check, CounterCheck):  # a calendar counter: only the period charged
+        return ("c", "0" if check.window else _calendar_spec(check), delta)
     return ("g", check.interval * _US, delta)
 
 
@@ -124,6 +127,7 @@ class RedisStore:
         self._admit = self.client.register_script(_script("admit.lua"))
         self._adjust = self.client.register_script(_script("adjust.lua"))
         self._release = self.client.register_script(_script("release.lua"))
+        self._reap = self.client.register_script(_script("reap.lua"))
         # Bounds commands in flight per process: a burst queues here (inside the
         # engine's deadline) rather than opening connections without limit.
         self._slots = asyncio.Semaphore(_POOL_SIZE)
@@ -132,7 +136,7 @@ class RedisStore:
         """Load the scripts on every primary before traffic, so a cold burst does not
         meet NOSCRIPT all at once (EVALSHA still reloads on NOSCRIPT after a restart)."""
         try:
-            for script in (self._admit, self._adjust, self._release):
+            for script in (self._admit, self._adjust, self._release, self._reap):
                 await self.client.script_load(script.script)
         except Exception as exc:  # not fatal: the gateway starts degraded and recovers
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
@@ -191,6 +195,41 @@ class RedisStore:
             args = [a for i in group for a in _adjust_args(checks[i], deltas[i])]
             await self._call(self._adjust, keys, args)
 
+    async def settle(
+        self, reservation: ReservationCheck, checks: Sequence[Adjustable], deltas: Sequence[int]
+    ) -> bool:
+        key = self.prefix + reservation.key
+        slot = key_slot(key.encode()) if self.cluster else 0
+        own = [i for i, c in enumerate(checks) if self._slot(c.key) == slot]
+        keys = [key] + [self.prefix + checks[i].key for i in own]
+        args: list[Any] = ["r", round(reservation.ttl * _US), reservation.member]
+        args += [a for i in own for a in _adjust_args(checks[i], deltas[i])]
+        try:
+            async with self._slots:
+                settled = bool(await self._adjust(keys=keys, args=args) != -1)
+        except Exception as exc:  # redis-py raises more than RedisError on broken links
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        rest = [i for i in range(len(checks)) if i not in own]
+        if settled and rest:  # other slots (global scopes in a Cluster): a second call
+            await self.adjust([checks[i] for i in rest], [deltas[i] for i in rest])
+        return settled
+
+    def _slot(self, key: str) -> int:
+        return key_slot((self.prefix + key).encode()) if self.cluster else 0
+
+    async def reap(self, limit: int = 1000) -> list[str]:
+        taken: list[str] = []
+        try:
+            async for key in self.client.scan_iter(match=self.prefix + "rs:*", count=1000):
+                async with self._slots:
+                    due = await self._reap(keys=[key], args=[limit - len(taken)])
+                taken += [m.decode() if isinstance(m, bytes) else m for m in due]
+                if len(taken) >= limit:
+                    break
+        except Exception as exc:  # redis-py raises more than RedisError on broken links
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        return taken
+
     async def release(self, leases: Sequence[LeaseCheck]) -> None:
         for group in self._by_slot(leases):
             keys = [self.prefix + leases[i].key for i in group]
@@ -209,6 +248,31 @@ class RedisStore:
             async with self._slots:
                 await script(keys=keys, args=args)
         except Exception as exc:  # redis-py raises more than RedisError on broken links
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def put_if_absent(self, key: str, value: bytes, ttl: float) -> bytes | None:
+        try:
+            async with self._slots:
+                # NX with GET needs Redis 7.0: one command, no race between look and set.
+                found = await self.client.set(
+                    self.prefix + key, value, nx=True, get=True, px=max(1, round(ttl * 1000))
+                )
+        except Exception as exc:  # redis-py raises more than RedisError on broken links
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        return found if isinstance(found, bytes) else None
+
+    async def put(self, key: str, value: bytes, ttl: float) -> None:
+        try:
+            async with self._slots:
+                await self.client.set(self.prefix + key, value, px=max(1, round(ttl * 1000)))
+        except Exception as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def delete(self, key: str) -> None:
+        try:
+            async with self._slots:
+                await self.client.delete(self.prefix + key)
+        except Exception as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
     async def ping(self) -> bool:

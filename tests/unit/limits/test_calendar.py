@@ -76,8 +76,10 @@ def test_calendar_limit_compiles_to_a_counter_with_cached_bounds() -> None:
 def test_calendar_periods_recompute_only_when_the_period_ends() -> None:
     now = [utc(2026, 11, 23, 10).timestamp()]
     periods = CalendarPeriods("day", "UTC", 1, clock=lambda: now[0])
-    first = periods.current()
+    first = periods.current()  # (prev_start, start, end, next_end)
+    assert first[0] == first[1] - 86400 and first[1] <= now[0] < first[2]
     now[0] += 3600
     assert periods.current() is first
-    now[0] = first[1]
+    now[0] = first[2]
+    assert periods.current()[1] == first[2]
     assert periods.current()[0] == first[1]

@@ -1,15 +1,35 @@
--- Adjust counters already consumed: ARGV per key: kind, interval µs (GCRA) or 0, delta.
+-- Adjust counters already consumed: ARGV per key: kind, a, delta, where a is the
+-- interval µs (GCRA), "0" (fixed window) or a calendar spec "c:<prev>:<start>:<end>:<next>"
+-- (µs, as admitted). Kind "r" (first, if present) settles a reservation: ARGV kind, its
+-- ttl µs, member. If it is gone (a reaper took it: its request was recorded unsettled)
+-- nothing is adjusted: -1. Otherwise its score (admitted at + ttl) tells which calendar
+-- period the request was charged in: a correction goes there or, if the counter has
+-- rolled over since, nowhere (never to the new period).
 -- A positive delta charges more, a negative one refunds; a refund never creates credit
 -- beyond a full bucket or below zero. Used to compensate a cross-slot admission that a
 -- later check denied, and by reserve-then-settle.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local at = now  -- when the request was admitted: now, unless its reservation says
 for i = 1, #KEYS do
-  local kind = ARGV[i * 3 - 2]
-  local interval, delta = tonumber(ARGV[i * 3 - 1]), tonumber(ARGV[i * 3])
-  if kind == 'c' then
-    local used = tonumber(redis.call('HGET', KEYS[i], 'c'))
-    if used then redis.call('HSET', KEYS[i], 'c', math.max(0, used + delta)) end
+  local kind, spec = ARGV[i * 3 - 2], ARGV[i * 3 - 1]
+  local interval, delta = tonumber(spec), tonumber(ARGV[i * 3])
+  if kind == 'r' then
+    local score = redis.call('ZSCORE', KEYS[i], ARGV[i * 3])
+    if not score then return -1 end
+    redis.call('ZREM', KEYS[i], ARGV[i * 3])
+    at = tonumber(score) - interval
+  elseif kind == 'c' then
+    local h = redis.call('HMGET', KEYS[i], 'p', 'c')
+    local used, charged = tonumber(h[2]), nil
+    local pv, s, e = spec:match('^c:([^:]+):([^:]+):([^:]+):')
+    if pv then  -- the period holding the admission instant
+      pv, s, e = tonumber(pv), tonumber(s), tonumber(e)
+      if at < s then charged = pv elseif at >= e then charged = e else charged = s end
+    end
+    if used and (charged == nil or tonumber(h[1]) == charged) then
+      redis.call('HSET', KEYS[i], 'c', math.max(0, used + delta))
+    end
   else
     local tat = tonumber(redis.call('GET', KEYS[i]))
     if tat or delta > 0 then

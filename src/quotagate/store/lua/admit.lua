@@ -3,10 +3,11 @@
 --   kind "g" (GCRA):        a = interval µs, b = capacity units, c = cost units
 --   kind "l" (lease):       a = limit, b = lease ttl µs, c = lease id
 --   kind "w" (sliding log): a = limit, b = window µs, c = entry id (one request)
+--   kind "r" (reservation record, always allowed): a = ttl µs, b = 0, c = member
 --   kind "c" (window counter): a = limit, b = cost, c = "f:<window µs>" (fixed windows
---                           aligned on the server clock) or "c:<start>:<end>:<next end>"
---                           (calendar: this period and the next, in µs; the server's
---                           now picks one)
+--                           aligned on the server clock) or "c:<prev start>:<start>:<end>:<next end>"
+--                           (calendar: the previous, this and the next period, in µs;
+--                           the server's now picks one)
 -- All checks are evaluated first; only if every one allows are any written
 -- (all-or-nothing: a denied request consumes nothing).
 -- Returns {allowed 0/1, denied index (1-based, 0 if none), then per check:
@@ -41,9 +42,13 @@ for i = 1, n do
       start = math.floor(now / w) * w
       finish = start + w
     else
-      local s, e, nx = spec:match('^c:([^:]+):([^:]+):([^:]+)$')
-      s, e, nx = tonumber(s), tonumber(e), tonumber(nx)
-      if now >= e then start, finish = e, nx else start, finish = s, e end
+      -- The gateway's previous, current and next periods: the one holding the
+      -- server's now is charged, whichever way the gateway's clock is off.
+      local pv, s, e, nx = spec:match('^c:([^:]+):([^:]+):([^:]+):([^:]+)$')
+      pv, s, e, nx = tonumber(pv), tonumber(s), tonumber(e), tonumber(nx)
+      if now < s then start, finish = pv, s
+      elseif now >= e then start, finish = e, nx
+      else start, finish = s, e end
     end
     local h = redis.call('HMGET', key, 'p', 'c')
     local used = 0
@@ -66,6 +71,11 @@ for i = 1, n do
     out[#out + 1] = newest + window - now
     out[#out + 1] = allowed and 0 or (oldest + window - now)
     if allowed then writes[i] = now elseif out[2] == 0 then out[1] = 0; out[2] = i end
+  elseif kind == 'r' then
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    writes[i] = now + a
   else
     local ttl = tonumber(b)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -88,6 +98,10 @@ if out[1] == 1 then
       local w = writes[i]
       redis.call('HSET', key, 'p', string.format('%.0f', w[1]), 'c', w[2])
       redis.call('PEXPIREAT', key, math.ceil(w[3] / 1000) + 1000)
+    elseif kind == 'r' then
+      -- Reaped, not expired: kept well past the deadline so a reaper always sees it.
+      redis.call('ZADD', key, writes[i], ARGV[j + 4])
+      redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[j + 2]) / 1000) * 4 + 60000)
     elseif kind == 'w' then
       redis.call('ZADD', key, now, ARGV[j + 4])
       redis.call('PEXPIRE', key, math.ceil(tonumber(ARGV[j + 3]) / 1000) + 1)
