@@ -10,15 +10,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from quotagate.auth.api_keys import KeyAuthenticator
+from quotagate.budget.alerts import AlertSender
+from quotagate.budget.idempotency import Idempotency
+from quotagate.budget.ledger import LedgerWriter
+from quotagate.budget.reaper import Reaper, reap_interval
+from quotagate.budget.thresholds import QuotaAlerts
 from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy, StoreConfig
 from quotagate.config.snapshot import Snapshot
@@ -27,6 +34,7 @@ from quotagate.errors import ConfigError, MethodNotAllowed, NotFound
 from quotagate.ids import new_id
 from quotagate.limits.engine import EngineSettings, LimitEngine
 from quotagate.observability.metrics import RELOADS
+from quotagate.pipeline.admin import AdminCredits, AdminGuard, AdminUsage
 from quotagate.pipeline.authenticate import Authenticate
 from quotagate.pipeline.authorize import Authorize
 from quotagate.pipeline.context import RequestContext
@@ -83,15 +91,45 @@ class Gateway:
         self.db = Database(policy.database.url, policy.database.schema_name)
         self.keys = KeyAuthenticator(self.db, settings.server_secret(), policy.auth.key_cache_ttl)
         self.session: aiohttp.ClientSession | None = None
+        accounting = policy.accounting
+        self.ledger: LedgerWriter | None = None
+        if accounting.ledger.enabled:
+            self.ledger = LedgerWriter(
+                self.db.engine,
+                Path(accounting.ledger.spool_dir or settings.data_dir / "spool"),
+                batch_size=accounting.ledger.batch_size,
+                flush_interval=accounting.ledger.flush_interval,
+            )
+        self.alerts = QuotaAlerts(self.engine, None)
+        self.reaper = Reaper(self.engine, self.ledger, reap_interval(accounting.reservation_ttl))
 
     async def start(self) -> None:
         await self.db.create_schema()
         await self.engine.start()
         self.session = new_session()
+        if self.ledger is not None:
+            await self.ledger.start()
+        self.alerts.sender = self._alert_sender(self.session)
+        self.reaper.start()
         if self.settings.config_path is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_from_file)
 
+    def _alert_sender(self, session: aiohttp.ClientSession) -> AlertSender | None:
+        config = self.snapshot.policy.accounting.alerts
+        if config.webhook_url is None:
+            return None
+        secret = os.environ.get(config.secret_env, "")
+        if not secret:
+            log.warning("alerts are signed with an empty key: set %s", config.secret_env)
+        return AlertSender(session, self.db.engine, config.webhook_url, secret.encode())
+
     async def stop(self) -> None:
+        """Shutdown (SIGTERM): in-flight requests have ended; write what they left."""
+        await self.reaper.stop()
+        if self.alerts.sender is not None:
+            await self.alerts.sender.close()
+        if self.ledger is not None:
+            await self.ledger.close()
         if self.session is not None:
             await self.session.close()
         await self.store.close()
@@ -152,15 +190,17 @@ class Readyz:
 
 def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     authenticate = Authenticate(gw, gw.keys)
+    idempotency = Idempotency(gw.engine, gw)
     stages: list[Stage] = [
         authenticate,
         Parse(gw),
+        idempotency,
         Authorize(gw),
         Route(gw),
-        Limit(gw.engine),
+        Limit(gw.engine, gw, gw.alerts),
         Forward(gw),
     ]
-    proxy = Pipeline(stages, settle=gw.engine)
+    proxy = Pipeline(stages, settle=gw.engine, ledger=gw.ledger, finish=[idempotency.finish])
     proxied = {
         "/v1/chat/completions": ("chat.completions", "/chat/completions", True),
         "/v1/completions": ("completions", "/completions", True),
@@ -174,6 +214,11 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     endpoints["/healthz"] = Endpoint("healthz", "GET", Pipeline([Healthz()]))
     endpoints["/readyz"] = Endpoint("readyz", "GET", Pipeline([Readyz(gw)]))
     endpoints["/metrics"] = Endpoint("metrics", "GET", Pipeline([Metrics()]))
+    guard = AdminGuard(os.environ.get("QUOTAGATE_ADMIN_TOKEN"))
+    usage = Pipeline([guard, AdminUsage(gw.db)])
+    endpoints["/admin/v1/usage"] = Endpoint("admin_usage", "GET", usage)
+    credits = Pipeline([guard, AdminCredits(gw.db)])
+    endpoints["/admin/v1/credits"] = Endpoint("admin_credits", "GET POST", credits)
     return endpoints
 
 
@@ -193,8 +238,12 @@ def _scan_headers(ctx: RequestContext) -> None:
             ctx.content_length = int(value) if value.isdigit() else -1
         elif name == b"x-request-id":
             request_id = value
-    # A client's own request id is kept when it is safe to echo and to log.
-    ctx.request_id = request_id.decode() if _REQUEST_ID.match(request_id) else f"req_{new_id()}"
+        elif name == b"idempotency-key":
+            ctx.idempotency_key = value
+    # A client's own request id is kept when it is safe to echo and to log; the ledger
+    # keys on the gateway's own (a client could send one id twice).
+    ctx.record_id = f"req_{new_id()}"
+    ctx.request_id = request_id.decode() if _REQUEST_ID.match(request_id) else ctx.record_id
 
 
 class GatewayApp:
@@ -215,7 +264,7 @@ class GatewayApp:
         _scan_headers(ctx)
         if endpoint is _NOT_FOUND:
             await send_error(ctx, NotFound(f"Unknown path {scope['path']!r}."[:300]))
-        elif scope["method"] != endpoint.method:
+        elif scope["method"] != endpoint.method and scope["method"] not in endpoint.method.split():
             await send_error(ctx, MethodNotAllowed(f"Use {endpoint.method} for this path."))
         else:
             await endpoint.pipeline.run(ctx)

@@ -12,6 +12,9 @@ translated once, where they enter, into the most specific class below. The runne
     ├── NotFound                      404 model_not_found / not_found
     ├── MethodNotAllowed              405
     ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
+    ├── QuotaExhausted                402 insufficient_quota, code: the quota's name
+    │                                     (429 with accounting.exhausted_status: 429)
+    ├── Conflict                      409 idempotency_key_in_use / 422 idempotency_key_reused
     ├── ServiceUnavailable            503 (store or database down and policy is closed)
     └── UpstreamError                 502 upstream_error
         ├── UpstreamUnavailable       502 (connect refused / reset)
@@ -36,9 +39,12 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
+        status: int | None = None,  # when one class answers with more than one status
     ) -> None:
         super().__init__(message)
         self.message = message
+        if status is not None:
+            self.status = status
         if code is not None:
             self.code = code
         self.param = param
@@ -90,6 +96,34 @@ class RateLimited(GatewayError):
     error_type = "requests"
     code = "rate_limit_exceeded"
     decision = "rate_limited"
+
+
+class QuotaExhausted(GatewayError):
+    """A quota or budget is used up for its period. Never worth retrying before the
+    reset: ``x-should-retry: false`` stops the official SDKs' automatic retries."""
+
+    status = 402
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+    decision = "quota_exhausted"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        status: int = 402,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        headers = [(b"x-should-retry", b"false"), *(headers or [])]
+        super().__init__(message, code=code, status=status, headers=headers)
+
+
+class Conflict(GatewayError):
+    status = 409
+    error_type = "invalid_request_error"
+    code = "idempotency_key_in_use"
+    decision = "bad_request"
 
 
 class ServiceUnavailable(GatewayError):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from quotagate.auth.keys import parse_key_id, verify_key
-from quotagate.auth.principal import Principal
+from quotagate.auth.principal import Grant, Principal
 from quotagate.db.repo import Database, KeyRow
 from quotagate.errors import AuthenticationFailed, ServiceUnavailable
 
@@ -29,8 +29,11 @@ class _Entry:
     expires_at: float
 
 
-def _principal(row: KeyRow) -> Principal:
-    return Principal(row.tenant_id, row.tenant_name, row.id, row.user_id or row.id, row.plan)
+def _principal(row: KeyRow, grants: dict[str, Grant] | None) -> Principal:
+    return Principal(
+        row.tenant_id, row.tenant_name, row.id, row.user_id or row.id, row.plan,
+        (row.timezone, row.billing_day), grants,
+    )  # fmt: skip
 
 
 def _usable(row: KeyRow | None) -> bool:
@@ -87,11 +90,13 @@ class KeyAuthenticator:
     async def _query(self, key_id: str) -> _Entry:
         try:
             row = await self._db.find_key(key_id)
+            # Credits ride along with the key: a new one applies within the cache TTL.
+            grants = await self._db.grants(row.tenant_id) if row and _usable(row) else None
         except Exception as exc:  # the driver's errors vary; all mean "cannot check now"
             log.warning("key lookup failed: %s", type(exc).__name__)
             raise ServiceUnavailable("Cannot verify the API key right now.") from exc
         if row is not None and _usable(row):
-            entry = _Entry(row.key_hash, _principal(row), self._clock() + self.ttl)
+            entry = _Entry(row.key_hash, _principal(row, grants), self._clock() + self.ttl)
         else:
             entry = _Entry(None, None, self._clock() + self.ttl)
         if len(self._cache) >= _MAX_ENTRIES:

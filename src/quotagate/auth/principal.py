@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class Grant(NamedTuple):
+    """A tenant's change to one quota resource, as of when its key was loaded."""
+
+    override: int | None  # replaces the plan's amount
+    extra: int  # top-ups and burst credits still valid
+
+    def apply(self, amount: int) -> int:
+        return (amount if self.override is None else self.override) + self.extra
 
 
 @dataclass(slots=True, frozen=True)
@@ -12,3 +23,5 @@ class Principal:
     key_id: str
     user: str  # the key's user, or the key id when the key names none
     plan: str
+    zone: tuple[str, int] = ("UTC", 1)  # the tenant's time zone and billing day
+    grants: dict[str, Grant] | None = None  # by resource: "budget", "tokens"

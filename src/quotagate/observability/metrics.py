@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "quotagate_requests",
@@ -59,3 +59,24 @@ def request_counter(endpoint: str, model: str, status: int, decision: str) -> An
 @lru_cache(maxsize=64)
 def request_timer(endpoint: str) -> Any:
     return REQUEST_SECONDS.labels(endpoint)
+
+
+LEDGER_RECORDS = Counter(
+    "quotagate_ledger_records",
+    "Usage ledger records by outcome (written, spooled, replayed, rejected).",
+    ("outcome",),
+)
+LEDGER_QUEUE_DEPTH = Gauge(
+    "quotagate_ledger_queue_depth",
+    "Usage ledger records waiting in memory to be written.",
+)
+
+REAPED = Counter(
+    "quotagate_reservations_reaped_total",
+    "Reservations never settled by their gateway (killed), recorded as unsettled.",
+)
+QUOTA_EXHAUSTED = Counter(
+    "quotagate_quota_exhausted_total",
+    "Requests refused or degraded because a quota or budget was used up, by action.",
+    ["action"],  # reject | fallback | clamp
+)

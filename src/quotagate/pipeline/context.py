@@ -6,7 +6,8 @@ from typing import Any
 
 from quotagate.auth.principal import Principal
 from quotagate.routing.catalog import Target
-from quotagate.store.base import Adjustable, LeaseCheck
+from quotagate.store.base import Adjustable, LeaseCheck, ReservationCheck
+from quotagate.upstream.usage import Usage
 
 ASGIScope = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
@@ -20,28 +21,40 @@ class RequestContext:
         "client_ip",
         "content_length",
         "decision",
+        "denial",
         "endpoint",
+        "idempotency_key",
+        "idempotency_store",
+        "kept_body",
         "leases",
         "max_tokens",
         "model",
         "payload",
         "payload_changed",
         "plan",
+        "price",
         "principal",
         "prompt_estimate",
         "receive",
+        "record_id",
         "request_id",
+        "reservation",
+        "reserved_micros",
         "reserved_tokens",
         "response_headers",
         "response_started",
+        "response_type",
         "scope",
         "send",
+        "settle_checks",
+        "settle_units",
+        "started_at",
         "status",
         "stream",
         "strip_usage",
         "target",
-        "token_checks",
-        "usage_tokens",
+        "ttfb",
+        "usage",
     )
 
     def __init__(self, scope: ASGIScope, receive: Any, send: Any, endpoint: Any) -> None:
@@ -50,6 +63,12 @@ class RequestContext:
         self.send = send
         self.endpoint = endpoint
         self.request_id = ""
+        self.record_id = ""  # the ledger's id for this request: always the gateway's own
+        self.idempotency_key = b""
+        # The claimed key and the request's fingerprint, to finish after the response.
+        self.idempotency_store: tuple[str, bytes] | None = None
+        self.kept_body: list[bytes] | None = None  # the answer's bytes, kept for replay
+        self.response_type = b""
         self.api_key = ""
         self.content_length = -1
         client = scope.get("client")
@@ -64,14 +83,22 @@ class RequestContext:
         self.max_tokens: int | None = None
         self.target: Target | None = None
         self.leases: list[LeaseCheck] = []
-        # Token accounting (only when the plan has token limits): what was reserved,
-        # on which counters, and what the upstream reported.
-        self.token_checks: list[Adjustable] = []
+        # Metering: what was reserved (tokens, money), on which counters (each in
+        # "tokens" or "micros"), the record a reaper takes if this gateway dies, and what
+        # the upstream reported.
+        self.settle_checks: list[Adjustable] = []
+        self.settle_units: list[str] = []
+        self.reservation: ReservationCheck | None = None
         self.prompt_estimate = 0
         self.reserved_tokens = 0
-        self.usage_tokens: int | None = None
+        self.reserved_micros = 0
+        self.price = (0, 0)  # micro-units per 1M input / output tokens
+        self.usage: Usage | None = None
         self.strip_usage = False
+        self.started_at = 0.0  # wall clock, for the ledger
+        self.ttfb: float | None = None
         self.response_headers: Headers = []
         self.response_started = False
         self.status = 0
         self.decision = "allowed"
+        self.denial: str | None = None  # the refusal's error code

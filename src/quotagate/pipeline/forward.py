@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
 import aiohttp
@@ -18,7 +19,7 @@ import orjson
 from quotagate.errors import GatewayError, UpstreamError
 from quotagate.pipeline.context import Headers, RequestContext
 from quotagate.upstream.client import translate
-from quotagate.upstream.usage import StreamUsage, usage_total
+from quotagate.upstream.usage import StreamUsage, Usage, usage_of
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,12 @@ class Forward:
             body = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise translate(exc, ctx.model) from exc
-        if ctx.token_checks and resp.status < 400:
-            # No usage block: keep the reservation rather than guess below it.
-            reported = usage_total(body)
-            ctx.usage_tokens = reported if reported is not None else ctx.reserved_tokens
+        if resp.status < 400:  # no usage block: settlement keeps the reservation
+            ctx.usage = usage_of(body)
         headers.append((b"content-length", str(len(body)).encode()))
+        if ctx.kept_body is not None:  # an Idempotency-Key: keep the answer for replays
+            ctx.response_type = resp.headers.get("content-type", "").encode()
+            ctx.kept_body.append(body)
         await self._start(ctx, resp.status, headers)
         await ctx.send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -93,6 +95,7 @@ class Forward:
         headers.extend(ctx.response_headers)
         ctx.status = status
         ctx.response_started = True
+        ctx.ttfb = time.perf_counter()
         await ctx.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _stream(
@@ -100,40 +103,52 @@ class Forward:
     ) -> None:
         headers.append((b"cache-control", b"no-cache"))
         await self._start(ctx, resp.status, headers)
-        usage = StreamUsage(ctx.strip_usage) if ctx.token_checks else None
+        usage = StreamUsage(ctx.strip_usage)
         # Watch for the client leaving so an abandoned stream stops pulling upstream.
         pump = asyncio.ensure_future(self._pump(ctx, resp, usage))
         gone = asyncio.ensure_future(_disconnected(ctx))
         try:
             done, _ = await asyncio.wait((pump, gone), return_when=asyncio.FIRST_COMPLETED)
-            if gone in done:
+            if pump not in done:  # the client left before the stream ended
                 pump.cancel()
                 ctx.decision = "client_disconnected"
+                ctx.kept_body = None
                 await asyncio.gather(pump, return_exceptions=True)
                 return
             gone.cancel()
             await pump
         finally:
-            if usage is not None and resp.status < 400:
+            if resp.status < 400:
                 # What the upstream reported, else what was seen produced (a cut stream).
-                produced = ctx.prompt_estimate + usage.produced_tokens
-                ctx.usage_tokens = usage.total if usage.total is not None else produced
+                seen = usage.produced_tokens
+                if ctx.reservation is not None:  # an estimate never exceeds what was reserved
+                    seen = min(seen, max(0, ctx.reserved_tokens - ctx.prompt_estimate))
+                produced = Usage(ctx.prompt_estimate, seen)
+                ctx.usage = usage.usage if usage.usage is not None else produced
 
     async def _pump(
-        self, ctx: RequestContext, resp: aiohttp.ClientResponse, usage: StreamUsage | None
+        self, ctx: RequestContext, resp: aiohttp.ClientResponse, usage: StreamUsage
     ) -> None:
         send = ctx.send
+        kept = ctx.kept_body
+        if kept is not None:
+            ctx.response_type = b"text/event-stream"
         try:
             async for chunk in resp.content.iter_any():
-                out = usage.feed(chunk) if usage is not None else chunk
+                out = usage.feed(chunk)
+                if kept is not None and out:
+                    kept.append(out)
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            if usage is not None and (rest := usage.flush()):
+            if rest := usage.flush():
+                if kept is not None:
+                    kept.append(rest)
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = translate(exc, ctx.model)
             ctx.decision = error.decision
             log.warning("stream %s broke: %s", ctx.request_id, error.message)
+            ctx.kept_body = None  # a broken stream is not an answer to replay
             await send({"type": "http.response.body", "body": sse_error(error), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

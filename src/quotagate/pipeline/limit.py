@@ -1,20 +1,43 @@
-"""``limit``: every limit that applies, decided in one atomic store call.
+"""``limit``: every limit, quota and budget that applies, decided in one atomic store call.
 
-Concurrency leases taken here are released when the response has ended (the runner
-awaits ``ctx.leases`` release through the engine).
+Rates refuse with 429; quotas and budgets with 402 ``insufficient_quota`` (or 429 when
+the policy says so), unless the quota names a degrade action: ``fallback`` re-decides
+the request for a cheaper model, ``clamp`` lowers max_tokens to what is left. Tokens
+and money are reserved here and settled by the runner once the answer is known;
+concurrency leases taken here are released when the response has ended.
 """
 
 from __future__ import annotations
 
-from quotagate.budget.estimate import prompt_tokens
-from quotagate.config.snapshot import CompiledPlan
-from quotagate.errors import RateLimited
+from collections.abc import Sequence
+
+from quotagate.auth.principal import Principal
+from quotagate.budget.feedback import crossed, quota_headers, reset_time, warning
+from quotagate.budget.pricing import Prices, format_money, output_tokens_for
+from quotagate.budget.reserve import reservation_record, reserve, too_large
+from quotagate.budget.thresholds import QuotaAlerts
+from quotagate.config.snapshot import CompiledPlan, LimitSet
+from quotagate.errors import QuotaExhausted, RateLimited
 from quotagate.ids import new_id
 from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
-from quotagate.limits.policy import ScopeValues
+from quotagate.limits.policy import CompiledLimit, ScopeValues
+from quotagate.observability.metrics import QUOTA_EXHAUSTED
 from quotagate.pipeline.context import RequestContext
-from quotagate.store.base import CounterCheck, LeaseCheck, RateCheck
+from quotagate.pipeline.parse import TOKEN_FIELDS
+from quotagate.pipeline.stage import PolicySource
+from quotagate.routing.catalog import Target
+from quotagate.store.base import (
+    Admission,
+    Check,
+    CheckOutcome,
+    CounterCheck,
+    LeaseCheck,
+    RateCheck,
+)
+
+_ADJECTIVE = {"day": "daily ", "week": "weekly ", "month": "monthly "}
+_MAX_DECISIONS = 3  # a fallback, then a clamp of the fallback, at most
 
 
 def scope_values(ctx: RequestContext) -> ScopeValues:
@@ -29,51 +52,211 @@ def scope_values(ctx: RequestContext) -> ScopeValues:
 class Limit:
     name = "limit"
 
-    def __init__(self, engine: LimitEngine) -> None:
+    def __init__(
+        self, engine: LimitEngine, policy: PolicySource, alerts: QuotaAlerts | None = None
+    ) -> None:
         self._engine = engine
+        self._policy = policy
+        self._alerts = alerts
 
     async def __call__(self, ctx: RequestContext) -> None:
+        if ctx.stream:
+            ask_for_stream_usage(ctx)  # the ledger and settlement read the usage chunk
         plan: CompiledPlan = ctx.plan
-        if not plan.limits:
-            return
-        values = scope_values(ctx)
+        # A refusal after a degrade action must not claim it: what to restore.
+        mark, origin = len(ctx.response_headers), (ctx.model, ctx.target, ctx.price)
+        for _ in range(_MAX_DECISIONS):
+            limits = plan.limits_for(ctx.model)
+            if not limits.limits:
+                return
+            checks, admission = await self._admit(ctx, plan, limits)
+            if admission.allowed:
+                self._admitted(ctx, plan, limits, checks, admission)
+                return
+            denied = limits.limits[admission.denied]
+            outcome = admission.outcomes[admission.denied]
+            if denied.kind == "rate":
+                _undo_degrade(ctx, mark, origin)
+                rates = _rates_only(admission, limits.rates)
+                headers = rate_limit_headers(
+                    limits.limits[: limits.rates], rates, limits.policy_header
+                )
+                ctx.response_headers.extend(headers)
+                raise RateLimited(_refusal(denied))
+            if not self._degrade(ctx, plan, denied, outcome):
+                _undo_degrade(ctx, mark, origin)
+                check = checks[admission.denied]
+                assert isinstance(check, CounterCheck)
+                raise self._exhausted(denied, check, outcome, plan.currency)
+        _undo_degrade(ctx, mark, origin)
+        raise QuotaExhausted(
+            "No plan degrade action could serve this request.",
+            code="insufficient_quota",
+            status=self._policy.snapshot.policy.accounting.exhausted_status,
+        )
+
+    async def _admit(
+        self, ctx: RequestContext, plan: CompiledPlan, limits: LimitSet
+    ) -> tuple[list[Check], Admission]:
+        p = ctx.principal
+        assert p is not None and ctx.target is not None
+        if limits.metered:
+            reserve(ctx, plan.default_max_tokens)
+            for limit in limits.limits[: limits.rates]:
+                if limit.unit == "tokens" and ctx.reserved_tokens > limit.capacity:
+                    raise too_large(limit.name, limit.capacity, ctx)
         unique = new_id()  # lease / log entry id: never the client's request id
-        tokens = reserve_tokens(ctx, plan) if plan.has_tokens else 0
-        checks = [
-            limit.check(values, unique, tokens if limit.unit == "tokens" else 1)
-            for limit in plan.limits
-        ]
-        admission = await self._engine.admit(plan.limits, checks)
-        ctx.response_headers.extend(rate_limit_headers(plan.limits, admission, plan.policy_header))
-        if not admission.allowed:
-            denied = plan.limits[admission.denied]
-            raise RateLimited(_refusal(denied.unit, denied.scopes, denied.amount, denied.window))
-        if plan.has_leases:
-            ctx.leases = [c for c in checks if isinstance(c, LeaseCheck)]
-        if plan.has_tokens:
-            ctx.reserved_tokens = tokens
-            ctx.token_checks = [
-                c for c, limit in zip(checks, plan.limits, strict=True)
-                if limit.unit == "tokens" and isinstance(c, RateCheck | CounterCheck)
-            ]  # fmt: skip
-            if ctx.stream:
-                ask_for_stream_usage(ctx)
+        values = scope_values(ctx)
+        checks = [_check(limit, values, unique, ctx, p) for limit in limits.limits]
+        if limits.metered:
+            ttl = self._policy.snapshot.policy.accounting.reservation_ttl
+            checks.append(reservation_record(ctx, ttl))
+        return checks, await self._engine.admit(limits.limits, checks)
 
-
-def reserve_tokens(ctx: RequestContext, plan: CompiledPlan) -> int:
-    """Prompt estimate + the most the answer may produce: taken up front, settled later."""
-    ctx.prompt_estimate = prompt_tokens(ctx.payload, ctx.endpoint.name)
-    output = (ctx.max_tokens or plan.default_max_tokens) if ctx.endpoint.generates else 0
-    tokens = ctx.prompt_estimate + output
-    for limit in plan.limits:
-        if limit.unit == "tokens" and tokens > limit.capacity:
-            raise RateLimited(
-                f"Request too large for {limit.name}: it may use {tokens} tokens "
-                f"(prompt ~{ctx.prompt_estimate} + max_tokens {output}), more than the "
-                f"limit of {limit.capacity}. Lower max_tokens or shorten the prompt.",
-                code="request_too_large",
+    def _admitted(
+        self,
+        ctx: RequestContext,
+        plan: CompiledPlan,
+        limits: LimitSet,
+        checks: Sequence[Check],
+        admission: Admission,
+    ) -> None:
+        n = limits.rates
+        if n:
+            rates = _rates_only(admission, n)
+            ctx.response_headers.extend(
+                rate_limit_headers(limits.limits[:n], rates, limits.policy_header)
             )
-    return tokens
+        if limits.has_quotas:
+            self._feedback(ctx, plan, limits, checks, admission)
+        if limits.has_leases:
+            ctx.leases = [c for c in checks if isinstance(c, LeaseCheck)]
+        if limits.metered:
+            ctx.reservation = checks[-1]  # type: ignore[assignment]
+            for check, limit in zip(checks, limits.limits, strict=False):
+                if limit.unit in ("tokens", "micros") and isinstance(
+                    check, RateCheck | CounterCheck
+                ):
+                    ctx.settle_checks.append(check)
+                    ctx.settle_units.append(limit.unit)
+
+    def _feedback(
+        self,
+        ctx: RequestContext,
+        plan: CompiledPlan,
+        limits: LimitSet,
+        checks: Sequence[Check],
+        admission: Admission,
+    ) -> None:
+        n, count = limits.rates, len(limits.limits)
+        quotas = limits.limits[n:count]
+        counters = [c for c in checks[n:count] if isinstance(c, CounterCheck)]
+        outcomes = admission.outcomes[n:count]
+        ctx.response_headers.extend(quota_headers(quotas, counters, outcomes))
+        for limit, check, outcome in zip(quotas, counters, outcomes, strict=True):
+            reached = crossed(limit, check, outcome)
+            if reached is None:
+                continue
+            ctx.response_headers.append(
+                (b"x-quotagate-quota-warning", warning(limit, check, outcome, reached))
+            )
+            if self._alerts is not None and ctx.principal is not None:
+                self._alerts.reached(ctx.principal, limit, check, outcome, reached, plan.currency)
+
+    def _degrade(
+        self, ctx: RequestContext, plan: CompiledPlan, denied: CompiledLimit, outcome: CheckOutcome
+    ) -> bool:
+        """Apply the quota's degrade action; True when the request should be re-decided."""
+        if denied.degrade == "fallback" and denied.fallback and denied.fallback != ctx.model:
+            _fall_back(ctx, self._policy, denied.fallback, denied.name)
+            QUOTA_EXHAUSTED.labels("fallback").inc()
+            return True
+        if denied.degrade != "clamp" or not ctx.endpoint.generates:
+            return False
+        left = (
+            outcome.remaining - ctx.prompt_estimate
+            if denied.unit == "tokens"
+            else output_tokens_for(outcome.remaining, ctx.prompt_estimate, ctx.price)
+        )
+        current = ctx.reserved_tokens - ctx.prompt_estimate
+        if left < plan.clamp_min_tokens or left >= current:
+            return False
+        _set_max_tokens(ctx, left)
+        QUOTA_EXHAUSTED.labels("clamp").inc()
+        ctx.response_headers.append(
+            (b"x-quotagate-clamped", f"max_tokens={left}; quota={denied.name}".encode())
+        )
+        return True
+
+    def _exhausted(
+        self, limit: CompiledLimit, check: CounterCheck, outcome: CheckOutcome, currency: str
+    ) -> QuotaExhausted:
+        QUOTA_EXHAUSTED.labels("reject").inc()
+        status = self._policy.snapshot.policy.accounting.exhausted_status
+        used = check.limit - outcome.remaining
+        if limit.unit == "micros":
+            what = "budget"
+            amounts = (
+                f"{format_money(check.limit)} {currency}, used {format_money(used)} {currency}"
+            )
+        else:
+            what = f"{limit.unit} quota"
+            amounts = f"{check.limit} {limit.unit}, used {used}"
+        resets = reset_time(outcome.reset_after)
+        message = (
+            f"You exceeded your {_ADJECTIVE.get(limit.period or '', '')}{what} ({limit.name}): "
+            f"limit {amounts}. "
+            f"It resets at {resets}."
+        )
+        headers = [(b"x-quotagate-quota-reset", resets.encode())]
+        return QuotaExhausted(message, code=limit.name, status=status, headers=headers)
+
+
+def _check(
+    limit: CompiledLimit, values: ScopeValues, unique: str, ctx: RequestContext, p: Principal
+) -> Check:
+    unit = limit.unit
+    cost = (
+        ctx.reserved_tokens if unit == "tokens" else ctx.reserved_micros if unit == "micros" else 1
+    )
+    if limit.kind == "rate":
+        return limit.check(values, unique, cost)
+    grant = p.grants.get(limit.resource) if p.grants and limit.resource else None
+    amount = grant.apply(limit.amount) if grant is not None else None
+    return limit.check(values, unique, cost, p.zone, amount)
+
+
+def _rates_only(admission: Admission, n: int) -> Admission:
+    denied = admission.denied if 0 <= admission.denied < n else -1
+    return Admission(denied < 0, admission.outcomes[:n], denied)
+
+
+def _undo_degrade(
+    ctx: RequestContext, mark: int, origin: tuple[str, Target | None, Prices]
+) -> None:
+    """The request is refused: it was not served by a fallback nor clamped."""
+    del ctx.response_headers[mark:]
+    ctx.model, ctx.target, ctx.price = origin
+
+
+def _fall_back(ctx: RequestContext, policy: PolicySource, model: str, because: str) -> None:
+    ctx.response_headers.append(
+        (b"x-quotagate-fallback", f"{ctx.model} -> {model}; quota={because}".encode())
+    )
+    ctx.model = model
+    ctx.payload["model"] = model
+    ctx.payload_changed = True
+    route = policy.snapshot.catalog[model]
+    ctx.target = route.pick()
+    ctx.price = route.prices
+
+
+def _set_max_tokens(ctx: RequestContext, tokens: int) -> None:
+    present = [f for f in TOKEN_FIELDS if ctx.payload.get(f) is not None]
+    for field in present or ["max_tokens"]:
+        ctx.payload[field] = tokens
+    ctx.max_tokens = tokens
+    ctx.payload_changed = True
 
 
 def ask_for_stream_usage(ctx: RequestContext) -> None:
@@ -88,11 +271,11 @@ def ask_for_stream_usage(ctx: RequestContext) -> None:
     ctx.strip_usage = True
 
 
-def _refusal(unit: str, scopes: tuple[str, ...], amount: int, window: float) -> str:
-    scope = "+".join(scopes)
-    if unit == "concurrent":
-        return f"Too many concurrent requests on {scope}: limit {amount} at once."
+def _refusal(limit: CompiledLimit) -> str:
+    scope = "+".join(limit.scopes)
+    if limit.unit == "concurrent":
+        return f"Too many concurrent requests on {scope}: limit {limit.amount} at once."
     return (
-        f"Rate limit reached for {unit} on {scope}: limit {amount} per {window:g}s. "
-        "Retry after the time in the Retry-After header."
+        f"Rate limit reached for {limit.unit} on {scope}: limit {limit.amount} per "
+        f"{limit.window:g}s. Retry after the time in the Retry-After header."
     )

@@ -13,4 +13,6 @@ class Route:
         self._policy = policy
 
     async def __call__(self, ctx: RequestContext) -> None:
-        ctx.target = self._policy.snapshot.catalog[ctx.model].pick()
+        route = self._policy.snapshot.catalog[ctx.model]
+        ctx.target = route.pick()
+        ctx.price = route.prices

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from quotagate.budget import settle
+from quotagate.budget.ledger import LedgerRecord
+from quotagate.budget.records import request_record
 from quotagate.errors import GatewayError
 from quotagate.observability.metrics import ERRORS, request_counter, request_timer
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import ClientDisconnected
 from quotagate.pipeline.responses import send_error
-from quotagate.pipeline.stage import Stage
-from quotagate.store.base import Adjustable, LeaseCheck
+from quotagate.pipeline.stage import Answered, Stage
+from quotagate.store.base import Adjustable, LeaseCheck, ReservationCheck
 
 log = logging.getLogger("quotagate.requests")
 
@@ -27,16 +30,34 @@ class LimitSettlement(Protocol):
 
     async def release(self, leases: Sequence[LeaseCheck]) -> None: ...
 
-    async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None: ...
+    async def settle(
+        self,
+        reservation: ReservationCheck | None,
+        checks: Sequence[Adjustable],
+        deltas: Sequence[int],
+    ) -> bool: ...
+
+
+class LedgerSink(Protocol):
+    def submit(self, record: LedgerRecord) -> None: ...
 
 
 class Pipeline:
-    def __init__(self, stages: Sequence[Stage], settle: LimitSettlement | None = None) -> None:
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        settle: LimitSettlement | None = None,
+        ledger: LedgerSink | None = None,
+        finish: Sequence[Callable[[RequestContext], Awaitable[None]]] = (),
+    ) -> None:
         self.stages = tuple(stages)
         self._settle = settle
+        self._ledger = ledger
+        self._finish = tuple(finish)
 
     async def run(self, ctx: RequestContext) -> None:
         started = time.perf_counter()
+        ctx.started_at = time.time()
         try:
             for stage in self.stages:
                 await stage(ctx)
@@ -44,20 +65,30 @@ class Pipeline:
             await self._refuse(ctx, exc)
         except ClientDisconnected:
             ctx.decision = "client_disconnected"
+        except Answered:
+            pass
         except Exception:
             log.exception("unexpected error in request %s", ctx.request_id)
             await self._refuse(ctx, GatewayError("The gateway failed to handle the request."))
         finally:
+            ended = time.perf_counter()
+            tokens, micros = settle.used(ctx)
             if self._settle is not None:
                 if ctx.leases:
                     await self._settle.release(ctx.leases)
-                if ctx.token_checks:
-                    await self._settle_tokens(ctx, self._settle)
+                if ctx.reservation is not None:
+                    deltas = settle.deltas(ctx, tokens, micros)
+                    await self._settle.settle(ctx.reservation, ctx.settle_checks, deltas)
+            for finish in self._finish:
+                await finish(ctx)
+            if self._ledger is not None and ctx.principal is not None:
+                self._ledger.submit(request_record(ctx, started, tokens, micros, ended))
             self._observe(ctx, started)
 
     @staticmethod
     async def _refuse(ctx: RequestContext, exc: GatewayError) -> None:
         ERRORS.labels(type(exc).__name__).inc()
+        ctx.denial = exc.code
         if exc.status >= 500:
             log.warning("request %s: %s %s", ctx.request_id, exc.status, exc.message)
         elif exc.status in (400, 413):
@@ -67,15 +98,6 @@ class Pipeline:
         if ctx.response_started:
             return  # the status has gone out; the stage already ended the stream in-band
         await send_error(ctx, exc)
-
-    @staticmethod
-    async def _settle_tokens(ctx: RequestContext, store: LimitSettlement) -> None:
-        """Replace the reservation with what was used: the upstream's count; nothing when
-        no answer came (an upstream error or a refusal after reserving)."""
-        used = ctx.usage_tokens if ctx.usage_tokens is not None else 0
-        delta = used - ctx.reserved_tokens
-        if delta:
-            await store.adjust(ctx.token_checks, [delta] * len(ctx.token_checks))
 
     @staticmethod
     def _observe(ctx: RequestContext, started: float) -> None:

@@ -14,6 +14,10 @@ from quotagate.config.snapshot import Snapshot
 from quotagate.pipeline.context import RequestContext
 
 
+class Answered(Exception):
+    """A stage answered the request itself (a replay): the later stages are skipped."""
+
+
 class Stage(Protocol):
     name: str
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from quotagate.budget.pricing import micros_per_1m
 from quotagate.config.schema import Deployment, Model, Price
 
 
@@ -42,6 +43,7 @@ class ModelRoute:
     def __init__(self, name: str, model: Model) -> None:
         self.name = name
         self.price: Price = model.price
+        self.prices = micros_per_1m(model.price)
         self.targets = tuple(_target(name, i, d) for i, d in enumerate(model.deployments))
         weighted = [
             t for t, d in zip(self.targets, model.deployments, strict=True) for _ in range(d.weight)

@@ -9,30 +9,43 @@ the client as the upstream sends them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from quotagate.budget.estimate import CHARS_PER_TOKEN
 
 
-def _total(usage: Any) -> int | None:
-    if not isinstance(usage, dict):
+class Usage(NamedTuple):
+    prompt: int
+    completion: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+def _usage(block: Any) -> Usage | None:
+    if not isinstance(block, dict):
         return None
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
-    return sum(p for p in parts if isinstance(p, int)) if any(parts) else None
+    prompt, completion = block.get("prompt_tokens"), block.get("completion_tokens")
+    total = block.get("total_tokens")
+    if not isinstance(prompt, int):
+        if not isinstance(total, int):
+            return None
+        prompt = total - (completion if isinstance(completion, int) else 0)
+    if not isinstance(completion, int):
+        completion = total - prompt if isinstance(total, int) else 0
+    return Usage(max(0, prompt), max(0, completion))
 
 
-def usage_total(body: bytes) -> int | None:
-    """``usage.total_tokens`` of a JSON answer, or None when it has none."""
+def usage_of(body: bytes) -> Usage | None:
+    """The ``usage`` block of a JSON answer, or None when it has none."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    return _total(answer.get("usage")) if isinstance(answer, dict) else None
+    return _usage(answer.get("usage")) if isinstance(answer, dict) else None
 
 
 class StreamUsage:
@@ -41,7 +54,7 @@ class StreamUsage:
     def __init__(self, strip_usage_chunk: bool) -> None:
         self._strip = strip_usage_chunk
         self._pending = b""
-        self.total: int | None = None
+        self.usage: Usage | None = None
         self.text_chars = 0  # for streams whose upstream reports nothing
 
     def feed(self, chunk: bytes) -> bytes:
@@ -68,7 +81,7 @@ class StreamUsage:
         if not isinstance(chunk, dict):
             return event
         if chunk.get("usage") and not chunk.get("choices"):
-            self.total = _total(chunk["usage"])
+            self.usage = _usage(chunk["usage"])
             return b"" if self._strip else event
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}

@@ -1,0 +1,38 @@
+"""Turning an operator's credit request (CLI, admin API) into a stored amount."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from quotagate.config.durations import parse_duration
+from quotagate.limits.quotas import to_micros
+
+KINDS = ("topup", "burst", "override")
+
+
+def credit_request(
+    kind: str, budget: float | None, tokens: int | None, expires: str | None
+) -> tuple[str, int, datetime | None]:
+    """``(resource, amount, expires_at)``; ValueError names what is wrong."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    if (budget is None) == (tokens is None):
+        raise ValueError("give exactly one of --budget or --tokens")
+    amount = to_micros(budget) if budget is not None else int(tokens or 0)
+    if amount < 0 or (amount == 0 and kind != "override"):
+        raise ValueError("the amount must be positive")
+    if kind == "burst" and expires is None:
+        raise ValueError("a burst credit expires: give --expires")
+    return ("budget" if budget is not None else "tokens"), amount, expiry(expires)
+
+
+def expiry(value: str | None, now: datetime | None = None) -> datetime | None:
+    if value is None:
+        return None
+    now = now or datetime.now(UTC)
+    try:
+        return now + timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    at = datetime.fromisoformat(value)
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)

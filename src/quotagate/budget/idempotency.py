@@ -1,0 +1,100 @@
+"""``Idempotency-Key``: a retried request is charged once.
+
+The first request with a key claims it in the shared store (set-if-absent) and goes
+on; when it ends with a 2xx, its answer (JSON, or the SSE bytes as relayed, up to
+``_MAX_KEPT``) is kept for ``accounting.idempotency_ttl`` and replayed to any retry
+with the same key and body, with ``idempotent-replayed: true``, charging nothing. A
+retry while the first is in flight gets 409; the same key with another body, 422; a
+failed first attempt frees the key so the retry is served (and charged) normally.
+Keys are per API key: one caller cannot replay another's answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from quotagate.errors import Conflict
+from quotagate.limits.engine import LimitEngine
+from quotagate.pipeline.context import RequestContext
+from quotagate.pipeline.stage import Answered, PolicySource
+from quotagate.store.base import StoreUnavailable
+
+log = logging.getLogger(__name__)
+_MAX_KEPT = 1 << 20  # bytes of an answer kept for replay; a longer one is not replayable
+_PENDING, _DONE = b"p", b"d"
+
+
+def _store_key(ctx: RequestContext) -> str:
+    assert ctx.principal is not None, "idempotency runs after authenticate"
+    p = ctx.principal
+    digest = hashlib.sha256(p.key_id.encode() + b"\0" + ctx.idempotency_key).hexdigest()
+    return f"idem:{{t:{p.tenant_id}}}:{digest[:40]}"
+
+
+class Idempotency:
+    name = "idempotency"
+
+    def __init__(self, engine: LimitEngine, policy: PolicySource) -> None:
+        self._engine = engine
+        self._policy = policy
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        if not ctx.idempotency_key:
+            return
+        key = _store_key(ctx)
+        fingerprint = hashlib.sha256(ctx.body).digest()[:16]
+        ttl = self._policy.snapshot.policy.accounting.reservation_ttl
+        try:
+            found = await self._engine.put_if_absent(key, _PENDING + fingerprint, ttl)
+        except StoreUnavailable:
+            log.warning(
+                "idempotency store unavailable: request %s not deduplicated", ctx.request_id
+            )
+            return
+        if found is None:
+            ctx.idempotency_store = (key, fingerprint)
+            ctx.kept_body = []
+            return
+        if found[1:17] != fingerprint:
+            raise Conflict(
+                "This Idempotency-Key was used with a different request body.",
+                code="idempotency_key_reused", status=422,
+            )  # fmt: skip
+        if found[:1] == _PENDING:
+            raise Conflict("A request with this Idempotency-Key is still in progress; retry later.")
+        await _replay(ctx, found[17:])
+        raise Answered
+
+    async def finish(self, ctx: RequestContext) -> None:
+        """After the response: keep a 2xx answer for replays; free the key otherwise."""
+        if ctx.idempotency_store is None:
+            return
+        key, fingerprint = ctx.idempotency_store
+        kept = ctx.kept_body
+        if kept is not None and sum(map(len, kept)) > _MAX_KEPT:
+            kept = None
+        try:
+            if 200 <= ctx.status < 300 and kept is not None:
+                answer = _DONE + fingerprint + ctx.response_type + b"\n" + b"".join(kept)
+                ttl = self._policy.snapshot.policy.accounting.idempotency_ttl
+                await self._engine.put(key, answer, ttl)
+            else:
+                await self._engine.delete(key)
+        except StoreUnavailable:
+            log.warning("idempotency store unavailable: key of %s not updated", ctx.request_id)
+
+
+async def _replay(ctx: RequestContext, answer: bytes) -> None:
+    content_type, _, body = answer.partition(b"\n")
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", ctx.request_id.encode()),
+        (b"idempotent-replayed", b"true"),
+    ]
+    ctx.status = 200
+    ctx.decision = "replayed"
+    ctx.response_started = True
+    await ctx.send({"type": "http.response.start", "status": 200, "headers": headers})
+    await ctx.send({"type": "http.response.body", "body": body, "more_body": False})

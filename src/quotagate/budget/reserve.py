@@ -1,0 +1,54 @@
+"""What a request reserves before it is forwarded: tokens and money, settled later.
+
+Tokens: the prompt estimate plus the most the answer may produce (``max_tokens``, or
+the plan's default). Money: those tokens at the model's price, in micro-units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from quotagate.budget.estimate import prompt_tokens
+from quotagate.budget.pricing import cost_micros
+from quotagate.errors import RateLimited
+from quotagate.pipeline.context import RequestContext
+from quotagate.store.base import ReservationCheck
+
+
+def reserve(ctx: RequestContext, default_max_tokens: int) -> None:
+    ctx.prompt_estimate = prompt_tokens(ctx.payload, ctx.endpoint.name)
+    output = (ctx.max_tokens or default_max_tokens) if ctx.endpoint.generates else 0
+    ctx.reserved_tokens = ctx.prompt_estimate + output
+    ctx.reserved_micros = cost_micros(ctx.prompt_estimate, output, ctx.price)
+
+
+def too_large(name: str, capacity: int, ctx: RequestContext) -> RateLimited:
+    output = ctx.reserved_tokens - ctx.prompt_estimate
+    return RateLimited(
+        f"Request too large for {name}: it may use {ctx.reserved_tokens} tokens "
+        f"(prompt ~{ctx.prompt_estimate} + max_tokens {output}), more than the "
+        f"limit of {capacity}. Lower max_tokens or shorten the prompt.",
+        code="request_too_large",
+    )
+
+
+def reservation_record(ctx: RequestContext, ttl: float) -> ReservationCheck:
+    """What a reaper needs to write the ledger row if this gateway never settles."""
+    p = ctx.principal
+    assert p is not None and ctx.target is not None, "limit runs after auth and route"
+    record: dict[str, Any] = {
+        "id": ctx.record_id,
+        "at": ctx.started_at,
+        "tenant": p.tenant_id,
+        "key": p.key_id,
+        "user": p.user,
+        "model": ctx.model,
+        "deployment": ctx.target.base_url,
+        "endpoint": ctx.endpoint.name,
+        "stream": ctx.stream,
+        "tokens": ctx.reserved_tokens,
+        "micros": ctx.reserved_micros,
+    }
+    return ReservationCheck(f"rs:{{t:{p.tenant_id}}}", orjson.dumps(record).decode(), ttl)
