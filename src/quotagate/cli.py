@@ -7,7 +7,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +24,12 @@ tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 config_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
 limits_app = typer.Typer(help="Look at live limit counters.", no_args_is_help=True)
+credits_app = typer.Typer(
+    help="Per-tenant overrides, top-ups and burst credits.", no_args_is_help=True
+)
+ledger_app = typer.Typer(help="The usage ledger.", no_args_is_help=True)
+app.add_typer(credits_app, name="credits")
+app.add_typer(ledger_app, name="ledger")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
@@ -134,19 +140,42 @@ def demo() -> None:
 def tenants_create(
     name: str,
     plan: Annotated[str, typer.Option(help="A plan defined in the policy.")],
+    timezone: Annotated[
+        str, typer.Option(help="Quotas reset at midnight here (IANA name).")
+    ] = "UTC",
+    billing_day: Annotated[
+        int, typer.Option(min=1, max=31, help="Monthly quotas reset on this day.")
+    ] = 1,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a tenant on a plan."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        err.print(f"[red]error:[/red] unknown time zone {timezone!r}")
+        raise typer.Exit(2) from None
 
     async def action(db: Database, policy: Policy, _: Settings) -> None:
         if plan not in policy.plans:
             raise DatabaseError(
                 f"no plan {plan!r} in the policy (plans: {', '.join(policy.plans)})"
             )
-        row = await db.create_tenant(name, plan)
+        row = await db.create_tenant(name, plan, timezone, billing_day)
         if as_json:
-            typer.echo(json.dumps({"id": row.id, "name": row.name, "plan": row.plan}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": row.id,
+                        "name": row.name,
+                        "plan": row.plan,
+                        "timezone": row.timezone,
+                        "billing_day": row.billing_day,
+                    }
+                )
+            )
         else:
             typer.echo(f"created tenant {row.name} ({row.id}) on plan {row.plan}")
 
@@ -316,6 +345,160 @@ def limits_inspect(
             str(r["remaining"]), f"{float(str(r['resets_in'])):.1f}s",
         )  # fmt: skip
     Console().print(table if rows else "no live counters")
+
+
+@credits_app.command("add")
+def credits_add(
+    tenant: str,
+    budget: Annotated[
+        float | None, typer.Option(help="An amount of money (the budget's currency).")
+    ] = None,
+    tokens: Annotated[int | None, typer.Option(help="Tokens (tenant token quotas).")] = None,
+    kind: Annotated[
+        str, typer.Option(help="topup or burst: added; override: replaces the plan's amount.")
+    ] = "topup",
+    expires: Annotated[
+        str | None, typer.Option(help="A duration (2h, 7d) or an ISO time; none: never.")
+    ] = None,
+    note: Annotated[str | None, typer.Option(help="Why (kept with the credit).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Grant a tenant a top-up, a burst credit that expires, or an override."""
+    from quotagate.budget.credits import credit_request
+    from quotagate.pipeline.admin import credit_json
+
+    try:
+        resource, amount, expires_at = credit_request(kind, budget, tokens, expires)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    async def action(db: Database, _: Policy, __: Settings) -> None:
+        row = await db.get_tenant(tenant)
+        credit = await db.add_credit(row.id, kind, resource, amount, expires_at, note)
+        item = credit_json(credit)
+        typer.echo(json.dumps(item) if as_json else f"added {kind} {item['amount']} {resource} "
+                   f"to {tenant} (expires {item['expires_at'] or 'never'})")  # fmt: skip
+
+    _with_db(config, action)
+
+
+@credits_app.command("list")
+def credits_list(
+    tenant: str,
+    active: Annotated[bool, typer.Option(help="Only credits valid now.")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a tenant's credits and overrides."""
+    from quotagate.pipeline.admin import credit_json
+
+    async def action(db: Database, _: Policy, __: Settings) -> None:
+        row = await db.get_tenant(tenant)
+        items = [credit_json(c) for c in await db.list_credits(row.id, active_only=active)]
+        if as_json:
+            typer.echo(json.dumps(items))
+            return
+        table = Table("id", "kind", "resource", "amount", "expires", "note")
+        for i in items:
+            table.add_row(
+                str(i["id"]), str(i["kind"]), str(i["resource"]), str(i["amount"]),
+                str(i["expires_at"] or "never"), str(i["note"] or ""),
+            )  # fmt: skip
+        Console().print(table)
+
+    _with_db(config, action)
+
+
+@app.command()
+def usage(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (a name).")] = None,
+    by: Annotated[
+        str, typer.Option(help="Group by, comma-separated: tenant, key, model, day, status.")
+    ] = "tenant,model",
+    since: Annotated[str | None, typer.Option(help="From this date/time (ISO, UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="Until this date/time (ISO, UTC).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    config: ConfigOpt = None,
+) -> None:
+    """Usage and cost from the ledger, grouped (tenants shown by name)."""
+    from datetime import datetime
+
+    from quotagate.budget.usage_report import format_rows, usage_report
+    from quotagate.pipeline.admin import with_tenant_name
+
+    groups = [g.strip() for g in by.split(",") if g.strip()]
+    try:
+        start = datetime.fromisoformat(since) if since else None
+        end = datetime.fromisoformat(until) if until else None
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if fmt not in ("table", "json", "csv"):
+        err.print("[red]error:[/red] --format is table, json or csv")
+        raise typer.Exit(2)
+
+    async def action(db: Database, policy: Policy, _: Settings) -> str:
+        tenant_id = (await db.get_tenant(tenant)).id if tenant else None
+        try:
+            rows = await usage_report(
+                db.engine, group_by=groups, since=start, until=end, tenant_id=tenant_id
+            )
+        except ValueError as exc:
+            raise DatabaseError(str(exc)) from None
+        names = {t.id: t.name for t in await db.list_tenants()}
+        rows = [with_tenant_name(row, names) for row in rows]
+        currency = next((p.budget.currency for p in policy.plans.values() if p.budget), "USD")
+        return format_rows(rows, fmt, currency)  # type: ignore[arg-type]
+
+    typer.echo(_with_db(config, action), nl=False)
+
+
+@ledger_app.command("reconcile")
+def ledger_reconcile(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (a name).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare ledger totals with the live quota counters; exit 1 on drift."""
+    from quotagate.budget.reconcile import reconcile_tenant
+    from quotagate.config.snapshot import Snapshot
+    from quotagate.store.redis import connect
+
+    async def action(db: Database, policy: Policy, _: Settings) -> list[Any]:
+        if policy.store.url.startswith("memory://"):
+            raise DatabaseError(
+                "the memory store lives inside the gateway process; reconcile reads a Redis "
+                "store (store.url redis://…)"
+            )
+        tenants = [await db.get_tenant(tenant)] if tenant else await db.list_tenants()
+        snapshot = Snapshot.compile(policy)
+        client = connect(policy.store.url, timeout=5.0)
+        try:
+            return [
+                d
+                for t in tenants
+                for d in await reconcile_tenant(db.engine, client, policy.store.prefix, snapshot, t)
+            ]
+        finally:
+            await client.aclose()
+
+    drifts = _with_db(config, action)
+    if as_json:
+        typer.echo(json.dumps([{**dataclasses.asdict(d), "drift": d.drift} for d in drifts]))
+    else:
+        table = Table(
+            "tenant", "quota", "unit", "period from", "counter", "ledger", "in flight", "drift"
+        )
+        for d in drifts:
+            table.add_row(
+                d.tenant, d.quota, d.unit, d.period_start, str(d.counter), str(d.ledger),
+                str(d.in_flight), str(d.drift),
+            )  # fmt: skip
+        Console().print(table if drifts else "no tenant quotas to reconcile")
+    if any(d.drift for d in drifts):
+        raise typer.Exit(1)
 
 
 def main() -> None:

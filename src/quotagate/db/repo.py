@@ -15,8 +15,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from quotagate.auth.keys import generate_key, hash_key
+from quotagate.auth.principal import Grant
 from quotagate.db import migrate
-from quotagate.db.schema import api_keys, tenants
+from quotagate.db.schema import api_keys, credits, tenants
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -32,6 +33,8 @@ class TenantRow:
     plan: str
     status: str
     created_at: datetime
+    timezone: str = "UTC"
+    billing_day: int = 1
 
 
 @dataclass(slots=True, frozen=True)
@@ -46,6 +49,8 @@ class KeyRow:
     key_hash: str
     created_at: datetime
     revoked_at: datetime | None
+    timezone: str = "UTC"
+    billing_day: int = 1
 
 
 def _now() -> datetime:
@@ -66,7 +71,70 @@ def _engine(url: str, schema: str | None) -> AsyncEngine:
     return create_async_engine(url, connect_args=args, pool_pre_ping=True)
 
 
-class Database:
+@dataclass(slots=True, frozen=True)
+class CreditRow:
+    id: str
+    tenant_id: str
+    kind: str  # override | topup | burst
+    resource: str  # budget (micro-units) | tokens
+    amount: int
+    starts_at: datetime
+    expires_at: datetime | None
+    note: str | None
+    created_at: datetime
+
+
+class CreditStore:
+    """Per-tenant overrides and one-off credits (mixed into Database)."""
+
+    engine: AsyncEngine
+
+    async def add_credit(
+        self,
+        tenant_id: str,
+        kind: str,
+        resource: str,
+        amount: int,
+        expires_at: datetime | None = None,
+        note: str | None = None,
+    ) -> CreditRow:
+        now = _now()
+        row = CreditRow(
+            secrets.token_hex(8), tenant_id, kind, resource, amount, now, expires_at, note, now
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(credits.insert().values(**_fields(row)))
+        return row
+
+    async def list_credits(self, tenant_id: str, active_only: bool = False) -> list[CreditRow]:
+        query = select(credits).where(credits.c.tenant_id == tenant_id)
+        if active_only:
+            now = _now()
+            query = query.where(
+                credits.c.starts_at <= now,
+                (credits.c.expires_at.is_(None)) | (credits.c.expires_at > now),
+            )
+        async with self.engine.connect() as conn:
+            result = await conn.execute(query.order_by(credits.c.created_at))
+            return [CreditRow(**r._mapping) for r in result]
+
+    async def grants(self, tenant_id: str) -> dict[str, Grant] | None:
+        """What the tenant's valid credits make of each resource; None when none."""
+        rows = await self.list_credits(tenant_id, active_only=True)
+        if not rows:
+            return None
+        found: dict[str, Grant] = {}
+        for row in rows:  # oldest first: the newest override wins
+            override, extra = found.get(row.resource, Grant(None, 0))
+            if row.kind == "override":
+                override = row.amount
+            else:
+                extra += row.amount
+            found[row.resource] = Grant(override, extra)
+        return found
+
+
+class Database(CreditStore):
     def __init__(self, url: str, schema: str | None = None) -> None:
         self.schema = schema
         self.engine = _engine(url, schema)
@@ -89,8 +157,10 @@ class Database:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def create_tenant(self, name: str, plan: str) -> TenantRow:
-        row = TenantRow(secrets.token_hex(8), name, plan, "active", _now())
+    async def create_tenant(
+        self, name: str, plan: str, timezone: str = "UTC", billing_day: int = 1
+    ) -> TenantRow:
+        row = TenantRow(secrets.token_hex(8), name, plan, "active", _now(), timezone, billing_day)
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(tenants.insert().values(**_as_dict(row)))
@@ -155,6 +225,10 @@ class Database:
             raise DatabaseError(f"no active key with id {key_id!r}")
 
 
+def _fields(row: object) -> dict[str, Any]:
+    return {f: getattr(row, f) for f in row.__dataclass_fields__}  # type: ignore[attr-defined]
+
+
 def _as_dict(row: TenantRow) -> dict[str, Any]:
     return {f: getattr(row, f) for f in TenantRow.__dataclass_fields__}
 
@@ -171,4 +245,6 @@ def _key_query() -> Any:
         api_keys.c.key_hash,
         api_keys.c.created_at,
         api_keys.c.revoked_at,
+        tenants.c.timezone,
+        tenants.c.billing_day,
     ).join(tenants, tenants.c.id == api_keys.c.tenant_id)

@@ -12,6 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .budgets import PRO_QUOTA, free_tenant_runs_out, pro_tenant_is_warned
 from .stage import (
     Reply,
     Scenario,
@@ -137,5 +138,19 @@ SCENARIOS: list[Scenario] = [
         f"A pro key streams a {STREAM_TOKENS}-token answer; the deltas are shown as they "
         "arrive. The mock answers instantly, so it is quick.",
         streaming_passes_through,
+    ),
+    Scenario(
+        "A free tenant runs out of daily tokens",
+        "The free plan has 1,000 gpt-3.5-turbo tokens a day. Each request reserves what it "
+        "may use, is charged what it used, and once the day's tokens are gone the next one "
+        "gets 402 insufficient_quota, which the SDK does not retry.",
+        free_tenant_runs_out,
+    ),
+    Scenario(
+        "A pro tenant is warned at 80%",
+        f"An operator override gives a pro tenant {PRO_QUOTA:,} tokens this month; past 80% "
+        "every response carries x-quotagate-quota-warning (and an alert webhook fires once, "
+        "when one is configured).",
+        pro_tenant_is_warned,
     ),
 ]

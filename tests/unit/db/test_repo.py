@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import text
 
@@ -13,7 +9,6 @@ from quotagate.auth.api_keys import KeyAuthenticator
 from quotagate.db.repo import Database, DatabaseError
 from quotagate.errors import AuthenticationFailed
 
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 SECRET = b"test-secret"
 
 
@@ -22,20 +17,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "sqlite":
-        database = Database(f"sqlite+aiosqlite:///{tmp_path}/qg.db")
-    else:
-        database = Database(PG_URL, schema=f"qg_test_{secrets.token_hex(6)}")
-    await database.create_schema()
-    yield database
-    if database.schema:
-        async with database.engine.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{database.schema}" CASCADE'))
-    await database.close()
 
 
 async def test_tenant_and_key_round_trip(db: Database) -> None:
@@ -110,4 +91,4 @@ async def test_migrations_match_the_schema_and_rerun_cleanly(db: Database) -> No
 
     async with db.engine.connect() as conn:
         diff, revision = await conn.run_sync(check)
-    assert diff == [] and revision == "0001"
+    assert diff == [] and revision == "0002"
