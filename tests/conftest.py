@@ -1,13 +1,16 @@
-"""Shared fixtures: a mock LLM per session, gateways per test module."""
+"""Shared fixtures: a mock LLM per session, a private Redis Cluster, a database."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from harness import Process, start_mock
+from quotagate.db.repo import Database
 from redis_servers import RedisCluster, start_cluster
 
 
@@ -35,3 +38,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     started = start_cluster(tmp_path_factory.mktemp("cluster"))
     yield started
     started.stop()
+
+
+PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated database: a SQLite file, or a schema of its own on the local
+    PostgreSQL (dropped afterwards)."""
+    if request.param == "sqlite":
+        database = Database(f"sqlite+aiosqlite:///{tmp_path}/qg.db")
+    else:
+        database = Database(PG_URL, schema=f"qg_test_{secrets.token_hex(6)}")
+    await database.create_schema()
+    yield database
+    if database.schema:
+        async with database.engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{database.schema}" CASCADE'))
+    await database.close()

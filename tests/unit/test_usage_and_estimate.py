@@ -7,7 +7,7 @@ import pytest
 
 from quotagate.budget.estimate import prompt_tokens
 from quotagate.mock_llm.tokenizer import count_tokens
-from quotagate.upstream.usage import StreamUsage, usage_total
+from quotagate.upstream.usage import StreamUsage, Usage, usage_of
 
 SAMPLES = [
     "Hello, how are you today?",
@@ -40,11 +40,12 @@ def test_prompt_estimate_counts_every_message_and_text_part() -> None:
     assert prompt_tokens({"input": "abcdabcda"}, "embeddings") == 3
 
 
-def test_usage_total_of_a_json_answer() -> None:
-    assert usage_total(b'{"usage": {"prompt_tokens": 5, "completion_tokens": 7}}') == 12
-    assert usage_total(b'{"usage": {"total_tokens": 9}}') == 9
-    assert usage_total(b'{"choices": []}') is None
-    assert usage_total(b"not json") is None
+def test_usage_of_a_json_answer() -> None:
+    assert usage_of(b'{"usage": {"prompt_tokens": 5, "completion_tokens": 7}}') == Usage(5, 7)
+    assert usage_of(b'{"usage": {"total_tokens": 9, "prompt_tokens": 4}}') == Usage(4, 5)
+    assert usage_of(b'{"usage": {"total_tokens": 9}}') == Usage(9, 0)  # embeddings
+    assert usage_of(b'{"choices": []}') is None
+    assert usage_of(b"not json") is None
 
 
 def sse(obj: object) -> bytes:
@@ -65,14 +66,14 @@ def test_scanner_keeps_every_byte_whatever_the_chunking(cut: int) -> None:
     scanner = StreamUsage(strip_usage_chunk=False)
     out = b"".join(scanner.feed(STREAM[i : i + cut]) for i in range(0, len(STREAM), cut))
     assert out + scanner.flush() == STREAM
-    assert scanner.total == 6
+    assert scanner.usage == Usage(4, 2)
 
 
 def test_scanner_strips_the_usage_chunk_when_the_client_did_not_ask() -> None:
     scanner = StreamUsage(strip_usage_chunk=True)
     out = scanner.feed(STREAM) + scanner.flush()
     assert b'"usage":{' not in out and out.endswith(b"data: [DONE]\n\n")
-    assert scanner.total == 6
+    assert scanner.usage == Usage(4, 2)
     assert out.count(b"\n\n") == STREAM.count(b"\n\n") - 1
 
 
@@ -80,5 +81,5 @@ def test_scanner_counts_produced_text_when_no_usage_comes() -> None:
     scanner = StreamUsage(strip_usage_chunk=True)
     cut = STREAM[: STREAM.index(b'data: {"choices":[],')]
     scanner.feed(cut)
-    assert scanner.total is None
+    assert scanner.usage is None
     assert scanner.produced_tokens == 3  # "Hello world": 11 characters, 4 a token
