@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
         "redis-server / 3-master Cluster on core 1 with stores.py's --variant policy",
     )  # fmt: skip
     p.add_argument("--variant", choices=VARIANTS, default=SHARED, help="with --store redis…")
+    p.add_argument("--accounting", choices=("off", "ledger", "budget"), default="ledger",
+                   help="as in run.py")  # fmt: skip
     return p.parse_args()
 
 

@@ -53,24 +53,38 @@ def parse_args() -> argparse.Namespace:
         help="fixed-rate load: wrk paced by chat.lua (default) or hey",
     )  # fmt: skip
     p.add_argument("--fixed-workers", type=int, default=8, help="hey workers (-c)")
+    p.add_argument(
+        "--accounting", choices=("off", "ledger", "budget"), default="ledger",
+        help="off: limits only, no ledger; ledger: every request written to the usage "
+        "ledger (the default policy); budget: also a token quota and a money budget "
+        "(never exhausted) reserved and settled per request",
+    )  # fmt: skip
     return p.parse_args()
 
 
-def policy(port: int, upstream: str, data: Path) -> dict[str, object]:
+def policy(port: int, upstream: str, data: Path, accounting: str) -> dict[str, object]:
     """One model on the mock; a plan whose limit runs the limiter's full path but never
-    denies (10M requests a minute per key)."""
+    denies (10M requests a minute per key); ``accounting`` as ``--accounting`` says."""
+    plan: dict[str, object] = {
+        "models": ["*"],
+        "limits": [{"scope": "key", "requests": 10_000_000, "per": "1m"}],
+    }
+    if accounting == "budget":
+        plan["quotas"] = [{"scope": "tenant", "tokens": 10**15, "per": "month"}]
+        plan["budget"] = {"amount": 10**9, "per": "month"}
     return {
         "server": {"listen": f"127.0.0.1:{port}"},
         "store": {"url": "memory://"},
         "database": {"url": f"sqlite+aiosqlite:///{data}/quotagate.db"},
         "auth": {"key_cache_ttl": "5s"},
-        "models": {MODEL: {"deployments": [{"url": upstream, "region": "local"}]}},
-        "plans": {
-            "enterprise": {
-                "models": ["*"],
-                "limits": [{"scope": "key", "requests": 10_000_000, "per": "1m"}],
+        "models": {
+            MODEL: {
+                "price": {"input_per_1m": 0.5, "output_per_1m": 1.5},
+                "deployments": [{"url": upstream, "region": "local"}],
             }
         },
+        "plans": {"enterprise": plan},
+        "accounting": {"ledger": {"enabled": accounting != "off"}},
     }
 
 
@@ -124,7 +138,9 @@ class Bench:
     def start_gateway(self, upstream: str) -> Child:
         port = free_port()
         config = str(self.tmp / "policy.yaml")
-        Path(config).write_text(yaml.safe_dump(policy(port, upstream, self.tmp / "data")))
+        Path(config).write_text(
+            yaml.safe_dump(policy(port, upstream, self.tmp / "data", self.args.accounting))
+        )
         self.cli("tenants", "create", "bench", "--plan", "enterprise", "--config", config)
         out = self.cli("keys", "create", "--tenant", "bench", "--config", config, "--json")
         self.load = Load(json.loads(out)["key"], BODY, LOAD_CORE)
@@ -234,8 +250,8 @@ def settings_lines(args: argparse.Namespace) -> list[str]:
         f"{fixed}{f' at {args.rate:g} req/s' if args.rate else ''}; "
         f"each after a {args.warmup:g}s warm-up"
         + (f"; best of {args.repeat} runs." if args.repeat > 1 else "."),
-        f"- Proxy under test alone on core {PROXY_CORE} (one gateway worker, memory store); "
-        f"mock LLM and load generator on core {LOAD_CORE}.",
+        f"- Proxy under test alone on core {PROXY_CORE} (one gateway worker, memory store, "
+        f"accounting: {args.accounting}); mock LLM and load generator on core {LOAD_CORE}.",
     ]
 
 

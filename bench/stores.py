@@ -87,7 +87,7 @@ def limits(variant: str) -> list[dict[str, object]]:
 def store_policy(port: int, upstream: str, data: Path, url: str, variant: str) -> object:
     """run.py's policy with this store (a generous timeout: Redis, not its fallbacks)
     and this variant's limits."""
-    config = policy(port, upstream, data)
+    config = policy(port, upstream, data, "off")
     config["store"] = {"url": url, "timeout": "1s"}
     config["plans"] = {"enterprise": {"models": ["*"], "limits": limits(variant)}}
     return config
