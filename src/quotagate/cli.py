@@ -6,7 +6,9 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -28,6 +30,8 @@ credits_app = typer.Typer(
     help="Per-tenant overrides, top-ups and burst credits.", no_args_is_help=True
 )
 ledger_app = typer.Typer(help="The usage ledger.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="tiktoken encodings for prompt estimates.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(credits_app, name="credits")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(tenants_app, name="tenants")
@@ -499,6 +503,28 @@ def ledger_reconcile(
         Console().print(table if drifts else "no tenant quotas to reconcile")
     if any(d.drift for d in drifts):
         raise typer.Exit(1)
+
+
+@tokenizer_app.command("seed")
+def tokenizer_seed(
+    files: Annotated[list[Path], typer.Argument(help="cl100k_base.tiktoken[.gz], ...")],
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Default: $TIKTOKEN_CACHE_DIR.", show_default=False)
+    ] = None,
+) -> None:
+    """Install encoding files into tiktoken's cache, for a gateway with no internet."""
+    from quotagate.budget.estimate import seed_cache
+
+    directory = cache_dir or (Path(d) if (d := os.environ.get("TIKTOKEN_CACHE_DIR")) else None)
+    if directory is None:
+        err.print("[red]error:[/red] set TIKTOKEN_CACHE_DIR (the gateway reads it) or --cache-dir")
+        raise typer.Exit(2)
+    try:
+        seeded = seed_cache(files, directory)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    typer.echo(f"seeded {', '.join(seeded)} into {directory}")
 
 
 def main() -> None:

@@ -10,15 +10,15 @@ from typing import Any
 
 import orjson
 
-from quotagate.budget.estimate import prompt_tokens
+from quotagate.budget.estimate import Estimator
 from quotagate.budget.pricing import cost_micros
 from quotagate.errors import RateLimited
 from quotagate.pipeline.context import RequestContext
 from quotagate.store.base import ReservationCheck
 
 
-def reserve(ctx: RequestContext, default_max_tokens: int) -> None:
-    ctx.prompt_estimate = prompt_tokens(ctx.payload, ctx.endpoint.name)
+def reserve(ctx: RequestContext, default_max_tokens: int, estimator: Estimator) -> None:
+    ctx.prompt_estimate = estimator.prompt_tokens(ctx.payload, ctx.endpoint.name, ctx.model)
     output = (ctx.max_tokens or default_max_tokens) if ctx.endpoint.generates else 0
     ctx.reserved_tokens = ctx.prompt_estimate + output
     ctx.reserved_micros = cost_micros(ctx.prompt_estimate, output, ctx.price)

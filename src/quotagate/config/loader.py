@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from quotagate.budget.estimate import EstimatorUnavailable, estimator_of
 from quotagate.config.schema import Policy
 from quotagate.errors import ConfigError
 
@@ -65,6 +66,10 @@ def _cross_check(policy: Policy) -> list[str]:
         for i, model in enumerate(plan.models):
             if model != "*" and model not in policy.models:
                 problems.append(f"plans.{plan_name}.models[{i}]: unknown model {model!r}")
+    try:
+        estimator_of(policy)
+    except EstimatorUnavailable as exc:
+        problems.append(f"accounting.estimator: {exc}")
     return problems
 
 

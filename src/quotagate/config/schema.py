@@ -120,6 +120,9 @@ class Deployment(Frozen):
 class Model(Frozen):
     price: Price = Price()
     deployments: list[Deployment] = Field(min_length=1)
+    # The tiktoken encoding that counts this model's tokens (cl100k_base, o200k_base);
+    # default: tiktoken's table for the model's name, else cl100k_base.
+    tokenizer: str | None = None
 
 
 class LimitRule(Frozen):
@@ -281,6 +284,10 @@ class AccountingConfig(Frozen):
     reservation_ttl: Duration = 900.0
     # How long a response is kept for replay to a retry with the same Idempotency-Key.
     idempotency_ttl: Duration = 86400.0
+    # How prompt tokens are estimated for the reservation: tiktoken (the `tiktoken`
+    # extra, encodings already on disk), heuristic (~4 characters a token), or auto
+    # (tiktoken when it can be loaded offline, else heuristic).
+    estimator: Literal["auto", "tiktoken", "heuristic"] = "auto"
     ledger: LedgerConfig = LedgerConfig()
     alerts: AlertsConfig = AlertsConfig()
 

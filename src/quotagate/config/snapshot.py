@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from quotagate.budget.estimate import Estimator, estimator_of
 from quotagate.config.schema import Plan, Policy
 from quotagate.limits.headers import policy_header
 from quotagate.limits.policy import CompiledLimit, compile_limits
@@ -93,6 +94,7 @@ class Snapshot:
     catalog: dict[str, ModelRoute]
     # Some limit refuses (503) without its store: then the store is needed to be ready.
     store_required: bool
+    estimator: Estimator
 
     @classmethod
     def compile(cls, policy: Policy) -> Snapshot:
@@ -103,4 +105,4 @@ class Snapshot:
         required = any(
             limit.on_store_error == "closed" for plan in plans.values() for limit in plan.all_limits
         )
-        return cls(policy, plans, build_catalog(policy.models), required)
+        return cls(policy, plans, build_catalog(policy.models), required, estimator_of(policy))

@@ -80,3 +80,8 @@ QUOTA_EXHAUSTED = Counter(
     "Requests refused or degraded because a quota or budget was used up, by action.",
     ["action"],  # reject | fallback | clamp
 )
+PROMPT_ESTIMATE_RATIO = Histogram(
+    "quotagate_prompt_estimate_ratio",
+    "The reservation's prompt-token estimate ÷ the upstream's reported prompt tokens.",
+    buckets=(0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0),
+)

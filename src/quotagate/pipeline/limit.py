@@ -101,7 +101,7 @@ class Limit:
         p = ctx.principal
         assert p is not None and ctx.target is not None
         if limits.metered:
-            reserve(ctx, plan.default_max_tokens)
+            reserve(ctx, plan.default_max_tokens, self._policy.snapshot.estimator)
             for limit in limits.limits[: limits.rates]:
                 if limit.unit == "tokens" and ctx.reserved_tokens > limit.capacity:
                     raise too_large(limit.name, limit.capacity, ctx)

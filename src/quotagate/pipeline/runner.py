@@ -15,7 +15,12 @@ from quotagate.budget import settle
 from quotagate.budget.ledger import LedgerRecord
 from quotagate.budget.records import request_record
 from quotagate.errors import GatewayError
-from quotagate.observability.metrics import ERRORS, request_counter, request_timer
+from quotagate.observability.metrics import (
+    ERRORS,
+    PROMPT_ESTIMATE_RATIO,
+    request_counter,
+    request_timer,
+)
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import ClientDisconnected
 from quotagate.pipeline.responses import send_error
@@ -79,6 +84,8 @@ class Pipeline:
                 if ctx.reservation is not None:
                     deltas = settle.deltas(ctx, tokens, micros)
                     await self._settle.settle(ctx.reservation, ctx.settle_checks, deltas)
+            if ctx.usage is not None and ctx.usage.prompt > 0 and ctx.prompt_estimate:
+                PROMPT_ESTIMATE_RATIO.observe(ctx.prompt_estimate / ctx.usage.prompt)
             for finish in self._finish:
                 await finish(ctx)
             if self._ledger is not None and ctx.principal is not None:
