@@ -45,6 +45,7 @@ class Result:
     seconds: float
     stored: int
     spooled: int
+    cpu: float  # this process's CPU seconds (all threads): what the gateway's core pays
 
     @property
     def rate(self) -> float:
@@ -84,16 +85,17 @@ async def measure(db: Database, name: str, args: argparse.Namespace, spool: Path
     batch = records(args.records, secrets.token_hex(4))
     writer = LedgerWriter(db.engine, spool, batch_size=args.batch_size)
     await writer.start()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i, record in enumerate(batch, 1):
         writer.submit(record)
         if i % args.chunk == 0:
             await asyncio.sleep(0)
     await writer.close(timeout=600)
     seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     async with db.engine.connect() as conn:
         stored = (await conn.execute(select(func.count()).select_from(ledger))).scalar_one()
-    return Result(name, args.records, seconds, stored, writer.stats.spooled)
+    return Result(name, args.records, seconds, stored, writer.stats.spooled, cpu)
 
 
 async def run_sqlite(args: argparse.Namespace, tmp: Path) -> Result:
@@ -123,12 +125,16 @@ def describe(result: Result) -> str:
     )  # fmt: skip
     return (
         f"{result.database}: {result.records:,} records in {result.seconds:.2f} s = "
-        f"{result.rate:,.0f} records/s (target ≥ {TARGET:,}: {verdict}){problems}"
+        f"{result.rate:,.0f} records/s (target ≥ {TARGET:,}: {verdict}), "
+        f"{result.cpu / result.records * 1e6:.1f} µs of this process's CPU a record{problems}"
     )
 
 
 def results_line(results: list[Result], args: argparse.Namespace) -> str:
-    rates = "; ".join(f"{r.database} {r.rate:,.0f} records/s" for r in results)
+    rates = "; ".join(
+        f"{r.database} {r.rate:,.0f} records/s, {r.cpu / r.records * 1e6:.1f} µs CPU each"
+        for r in results
+    )
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"- Ledger writer ({date}, {os.cpu_count()} CPUs, Python "

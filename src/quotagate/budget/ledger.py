@@ -26,17 +26,17 @@ import os
 import time
 import traceback
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, get_args
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 from sqlalchemy import text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -122,7 +122,7 @@ class LedgerWriter:
         write_timeout: float = 5.0,
     ) -> None:
         self._engine, self._spool_dir = engine, spool_dir
-        self._insert = _insert_statement(engine.dialect.name)
+        self._insert, self._row = _insert_statement(engine.dialect.name)
         self._batch_size, self._max_queue = batch_size, max_queue
         self._flush_interval, self._retry_interval = flush_interval, retry_interval
         self._write_timeout = write_timeout
@@ -257,9 +257,10 @@ class LedgerWriter:
 
     async def _insert_rows(self, records: Sequence[LedgerRecord]) -> int:
         """Rows inserted (duplicates are not), or -1 when the driver does not say."""
-        rows = [r.as_row() for r in records]
+        row = self._row
+        rows = [row(r) for r in records]
         async with asyncio.timeout(self._write_timeout), self._engine.begin() as conn:
-            result = await conn.execute(self._insert, rows)
+            result = await conn.exec_driver_sql(self._insert, rows)
         return result.rowcount
 
     def _enter_outage(self, exc: BaseException) -> None:
@@ -373,11 +374,37 @@ class LedgerWriter:
         setattr(self._stats, outcome, getattr(self._stats, outcome) + n)
 
 
-def _insert_statement(dialect: str) -> Any:
-    module = {"sqlite": sqlite, "postgresql": postgresql}.get(dialect)
-    if module is None:
-        raise ValueError(f"ledger: unsupported database {dialect!r}")
-    return module.insert(ledger).on_conflict_do_nothing(index_elements=["request_id"])
+def _insert_statement(dialect: str) -> tuple[str, Callable[[LedgerRecord], tuple[Any, ...]]]:
+    """The dialect's idempotent multi-row insert, handed to the driver's executemany
+    with plain tuples: SQLAlchemy's statement compilation and per-row type processing
+    cost ~3x the insert itself (``bench/ledger.py``), on the event loop's core."""
+    columns = ", ".join(COLUMNS)
+    conflict = "ON CONFLICT (request_id) DO NOTHING"  # not OR IGNORE: that hides NOT NULL
+    if dialect == "sqlite":
+        values = ", ".join("?" * len(COLUMNS))
+        return f"INSERT INTO {ledger.name} ({columns}) VALUES ({values}) {conflict}", _sqlite_row
+    if dialect == "postgresql":
+        values = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
+        return f"INSERT INTO {ledger.name} ({columns}) VALUES ({values}) {conflict}", _row
+    raise ValueError(f"ledger: unsupported database {dialect!r}")
+
+
+_GETTERS = attrgetter(*COLUMNS)
+_CREATED_AT = COLUMNS.index("created_at")
+
+
+def _row(record: LedgerRecord) -> tuple[Any, ...]:
+    values = list(_GETTERS(record))
+    values[_CREATED_AT] = _utc(record.created_at)
+    return tuple(values)
+
+
+def _sqlite_row(record: LedgerRecord) -> tuple[Any, ...]:
+    """As SQLAlchemy's SQLite DateTime stores it (text, UTC, no offset), so that range
+    queries compare like with like."""
+    values = list(_GETTERS(record))
+    values[_CREATED_AT] = _utc(record.created_at).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return tuple(values)
 
 
 def _refuses_rows(exc: SQLAlchemyError) -> bool:
