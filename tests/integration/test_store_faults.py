@@ -13,7 +13,6 @@ import asyncio
 import os
 import re
 import signal
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -345,11 +344,13 @@ async def test_redis_frozen_costs_at_most_the_timeout(
     async with httpx.AsyncClient(timeout=10, limits=limits) as client:
         warm = await burst(client, gw, keys.stream)
         assert {r.status for r in warm} == {200}  # the pool's links are open when it freezes
+        at_freeze = await asyncio.to_thread(durations, gw)
         os.kill(pid, signal.SIGSTOP)
         froze = time.monotonic()
         try:
             async with Stream(client, gw.base_url, keys.stream) as stream:
                 await wait_until(lambda: len(stream.replies) >= 200, "traffic while frozen")
+            at_thaw = await asyncio.to_thread(durations, gw)
         finally:
             os.kill(pid, signal.SIGCONT)
         frozen_for = time.monotonic() - froze
@@ -357,9 +358,12 @@ async def test_redis_frozen_costs_at_most_the_timeout(
         # Every decision was local: a fresh bucket of 50, refilled once every 72 s.
         assert [r.status for r in frozen].count(200) == STREAM_LIMIT
         assert {r.status for r in frozen} == {200, 429}
-        latencies = [r.latency for r in frozen]
-        assert max(latencies) < 1.0, sorted(latencies)[-10:]
-        assert statistics.median(latencies) < 0.1, sorted(latencies)
+        # Inside the gateway: none over 1 s, half within 100 ms (only the first wave
+        # waits out the 50 ms timeout). The client's own clock only loosely.
+        within = {le: at_thaw[le] - at_freeze.get(le, 0.0) for le in at_thaw}
+        assert within[1.0] == within[float("inf")] >= len(frozen), within
+        assert within[0.1] >= 0.5 * within[float("inf")], within
+        assert max(r.latency for r in frozen) < 2.0
         await wait_recovered(client, gw, keys.stream)
         await assert_exact_enforcement(client, gw, keys.exact)
     assert counter(gw, DEGRADED)["local"] >= len(frozen)

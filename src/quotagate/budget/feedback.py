@@ -37,6 +37,27 @@ def _amount(unit: str, value: int) -> str:
     return format_money(value) if unit == "micros" else str(value)
 
 
+@lru_cache(maxsize=4096)
+def _amount_bytes(unit: str, value: int) -> bytes:
+    return _amount(unit, value).encode()  # a quota's limit: the same for every request
+
+
+@lru_cache(maxsize=1024)
+def _iso_bytes(epoch: int) -> bytes:
+    return _iso(epoch).encode()
+
+
+# unit → the (limit, remaining, reset) header names of the tightest quota in that unit.
+_NAMES = {
+    unit: tuple(
+        f"{'x-quotagate-budget' if unit == 'micros' else 'x-quotagate-quota'}-{what}"
+        f"{'' if unit == 'micros' else '-' + unit}".encode()
+        for what in ("limit", "remaining", "reset")
+    )
+    for unit in ("micros", "tokens", "requests")
+}
+
+
 def quota_headers(
     quotas: Sequence[CompiledLimit],
     checks: Sequence[CounterCheck],
@@ -48,15 +69,13 @@ def quota_headers(
         best = tightest.get(limit.unit)
         if best is None or outcomes[i].remaining < outcomes[best].remaining:
             tightest[limit.unit] = i
+    now = time.time()
     for unit, i in tightest.items():
-        prefix = "x-quotagate-budget" if unit == "micros" else "x-quotagate-quota"
-        suffix = "" if unit == "micros" else f"-{unit}"
-        for what, value in (
-            ("limit", _amount(unit, checks[i].limit)),
-            ("remaining", _amount(unit, outcomes[i].remaining)),
-            ("reset", reset_time(outcomes[i].reset_after)),
-        ):
-            headers.append((f"{prefix}-{what}{suffix}".encode(), value.encode()))
+        limit_name, remaining_name, reset_name = _NAMES[unit]
+        outcome = outcomes[i]
+        headers.append((limit_name, _amount_bytes(unit, checks[i].limit)))
+        headers.append((remaining_name, _amount(unit, outcome.remaining).encode()))
+        headers.append((reset_name, _iso_bytes(round(now + outcome.reset_after))))
     return headers
 
 
