@@ -74,6 +74,7 @@ def policy(port: int, upstream: str, data: Path, accounting: str) -> dict[str, o
         plan["budget"] = {"amount": 10**9, "per": "month"}
     return {
         "server": {"listen": f"127.0.0.1:{port}"},
+        "admin": {"enabled": False},
         "store": {"url": "memory://"},
         "database": {"url": f"sqlite+aiosqlite:///{data}/quotagate.db"},
         "auth": {"key_cache_ttl": "5s"},

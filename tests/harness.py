@@ -137,6 +137,8 @@ class Gateway:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.doc.setdefault("server", {})["listen"] = f"127.0.0.1:{self.port}"
+        self.admin_port = free_port()
+        self.doc.setdefault("admin", {}).setdefault("listen", f"127.0.0.1:{self.admin_port}")
         self.doc.setdefault("database", {"url": f"sqlite+aiosqlite:///{self.tmp}/qg.db"})
         self.config = self.tmp / "policy.yaml"
         self.config.write_text(yaml.safe_dump(self.doc))
@@ -150,6 +152,10 @@ class Gateway:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self, *extra: str) -> Gateway:
         args = ["serve", "--config", str(self.config), "--log-level", "debug", *extra]
@@ -168,7 +174,8 @@ class Gateway:
         instance behind the same load balancer). ``prefix`` wraps the command, e.g.
         ``faketime``."""
         port = free_port()
-        args = ["serve", "--config", str(self.config), "--listen", f"127.0.0.1:{port}"]
+        args = ["serve", "--config", str(self.config), "--listen", f"127.0.0.1:{port}",
+                "--admin-listen", f"127.0.0.1:{free_port()}"]  # fmt: skip
         log = self.tmp / f"gateway-{port}.log"
         out = log.open("wb")
         cmd = [*prefix, *QUOTAGATE, *args]

@@ -34,7 +34,6 @@ from quotagate.errors import ConfigError, MethodNotAllowed, NotFound
 from quotagate.ids import new_id
 from quotagate.limits.engine import EngineSettings, LimitEngine
 from quotagate.observability.metrics import RELOADS
-from quotagate.pipeline.admin import AdminCredits, AdminGuard, AdminUsage
 from quotagate.pipeline.authenticate import Authenticate
 from quotagate.pipeline.authorize import Authorize
 from quotagate.pipeline.context import RequestContext
@@ -214,11 +213,6 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     endpoints["/healthz"] = Endpoint("healthz", "GET", Pipeline([Healthz()]))
     endpoints["/readyz"] = Endpoint("readyz", "GET", Pipeline([Readyz(gw)]))
     endpoints["/metrics"] = Endpoint("metrics", "GET", Pipeline([Metrics()]))
-    guard = AdminGuard(os.environ.get("QUOTAGATE_ADMIN_TOKEN"))
-    usage = Pipeline([guard, AdminUsage(gw.db)])
-    endpoints["/admin/v1/usage"] = Endpoint("admin_usage", "GET", usage)
-    credits = Pipeline([guard, AdminCredits(gw.db)])
-    endpoints["/admin/v1/credits"] = Endpoint("admin_credits", "GET POST", credits)
     return endpoints
 
 
@@ -247,16 +241,37 @@ def _scan_headers(ctx: RequestContext) -> None:
 
 
 class GatewayApp:
-    def __init__(self, gateway: Gateway, on_started: Callable[[], None] | None = None) -> None:
+    """The proxy, and on the admin listener's port the admin API (one process serves
+    both sockets, so the admin API sees this instance's caches)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        on_started: Callable[[], None] | None = None,
+        admin_port: int | None = None,
+    ) -> None:
         self.gateway = gateway
         self.endpoints = build_endpoints(gateway)
         self._on_started = on_started
+        self.admin_port = admin_port  # requests to this local port go to the admin API
+        self._admin: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            server = scope.get("server")
+            if self.admin_port is not None and server and server[1] == self.admin_port:
+                await self._admin_app()(scope, receive, send)
+                return
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    def _admin_app(self) -> Any:
+        if self._admin is None:  # built on first use: FastAPI costs ~0.3 s to import
+            from quotagate.admin.api import build_admin_app
+
+            self._admin = build_admin_app(self.gateway)
+        return self._admin
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         endpoint = self.endpoints.get(scope["path"], _NOT_FOUND)

@@ -30,6 +30,8 @@ credits_app = typer.Typer(
     help="Per-tenant overrides, top-ups and burst credits.", no_args_is_help=True
 )
 ledger_app = typer.Typer(help="The usage ledger.", no_args_is_help=True)
+admin_tokens_app = typer.Typer(help="Credentials for the admin API.", no_args_is_help=True)
+app.add_typer(admin_tokens_app, name="admin-tokens")
 tokenizer_app = typer.Typer(help="tiktoken encodings for prompt estimates.", no_args_is_help=True)
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(credits_app, name="credits")
@@ -83,6 +85,9 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, help="Worker processes sharing the port (needs a Redis store).")
     ] = 1,
+    admin_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the admin API (overrides admin.listen).")
+    ] = None,
 ) -> None:
     """Run the gateway (the bundled default policy when no --config is given)."""
     from quotagate.quickstart import announce
@@ -95,10 +100,10 @@ def serve(
     from quotagate.server import run_gateway, run_workers
 
     if workers > 1:
-        run_workers(policy, settings, workers, listen)
+        run_workers(policy, settings, workers, listen, admin_listen)
         return
     on_ready = announce(policy, settings, listen) if settings.config_path is None else None
-    run_gateway(policy, settings, listen, log_level="warning", on_ready=on_ready)
+    run_gateway(policy, settings, listen, "warning", on_ready, admin_listen)
 
 
 @app.command("mock-llm")
@@ -369,8 +374,7 @@ def credits_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Grant a tenant a top-up, a burst credit that expires, or an override."""
-    from quotagate.budget.credits import credit_request
-    from quotagate.pipeline.admin import credit_json
+    from quotagate.budget.credits import credit_json, credit_request
 
     try:
         resource, amount, expires_at = credit_request(kind, budget, tokens, expires)
@@ -396,7 +400,7 @@ def credits_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List a tenant's credits and overrides."""
-    from quotagate.pipeline.admin import credit_json
+    from quotagate.budget.credits import credit_json
 
     async def action(db: Database, _: Policy, __: Settings) -> None:
         row = await db.get_tenant(tenant)
@@ -429,8 +433,7 @@ def usage(
     """Usage and cost from the ledger, grouped (tenants shown by name)."""
     from datetime import datetime
 
-    from quotagate.budget.usage_report import format_rows, usage_report
-    from quotagate.pipeline.admin import with_tenant_name
+    from quotagate.budget.usage_report import format_rows, usage_report, with_tenant_name
 
     groups = [g.strip() for g in by.split(",") if g.strip()]
     try:
@@ -503,6 +506,33 @@ def ledger_reconcile(
         Console().print(table if drifts else "no tenant quotas to reconcile")
     if any(d.drift for d in drifts):
         raise typer.Exit(1)
+
+
+@admin_tokens_app.command("create")
+def admin_tokens_create(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Create an admin API token; printed once, stored hashed."""
+    from quotagate.admin.repo import AdminRepo
+
+    async def action(db: Database, _: Policy, settings: Settings) -> tuple[str, str]:
+        return await AdminRepo(db, settings.server_secret()).create_token(name, "cli")
+
+    token_id, token = _with_db(config, action)
+    if as_json:
+        typer.echo(json.dumps({"id": token_id, "name": name, "token": token}))
+    else:
+        typer.echo(f"admin token {token_id} ({name}); shown once:\n{token}")
+
+
+@admin_tokens_app.command("revoke")
+def admin_tokens_revoke(token_id: str, config: ConfigOpt = None) -> None:
+    """Revoke an admin API token."""
+    from quotagate.admin.repo import AdminRepo
+
+    async def action(db: Database, _: Policy, settings: Settings) -> None:
+        await AdminRepo(db, settings.server_secret()).revoke_token(token_id, "cli")
+
+    _with_db(config, action)
+    typer.echo(f"revoked admin token {token_id}")
 
 
 @tokenizer_app.command("seed")

@@ -100,13 +100,28 @@ class _Supervisor(Multiprocess):
         super().handle_hup()
 
 
+ADMIN_PORT_ENV = "QUOTAGATE_ADMIN_PORT"  # run_workers → worker_app: the bound admin port
+
+
 def worker_app() -> GatewayApp:
     """The app factory each worker process calls (settings come from the environment)."""
     settings = Settings.from_env()
-    return GatewayApp(Gateway(load_policy(settings.config_path), settings))
+    admin_port = int(os.environ[ADMIN_PORT_ENV]) if os.environ.get(ADMIN_PORT_ENV) else None
+    return GatewayApp(Gateway(load_policy(settings.config_path), settings), None, admin_port)
 
 
-def run_workers(policy: Policy, settings: Settings, workers: int, listen: str | None) -> None:
+def _admin_config(policy: Policy, admin_listen: str | None) -> uvicorn.Config | None:
+    """A config used only to bind the admin listener's socket (same app, own port)."""
+    if not policy.admin.enabled:
+        return None
+    host, port = split_listen(admin_listen or policy.admin.listen)
+    return uvicorn.Config(lambda *_: None, host=host, port=port)
+
+
+def run_workers(
+    policy: Policy, settings: Settings, workers: int, listen: str | None,
+    admin_listen: str | None = None,
+) -> None:  # fmt: skip
     """Serve with ``workers`` processes sharing one listening socket."""
     if policy.store.url.startswith("memory://"):
         raise SystemExit(
@@ -119,15 +134,18 @@ def run_workers(policy: Policy, settings: Settings, workers: int, listen: str | 
     # Migrate once here, before the workers start side by side.
     asyncio.run(_migrate(policy))
     host, port = split_listen(listen or policy.server.listen)
+    admin = _admin_config(policy, admin_listen)
     config = uvicorn.Config(
         "quotagate.server:worker_app", factory=True, host=host, port=port, workers=workers,
         loop="uvloop", http="httptools", lifespan="on", access_log=False,
         log_level="warning", server_header=False, proxy_headers=False,
     )  # fmt: skip
-    sock = config.bind_socket()
+    sockets = [config.bind_socket(), *([admin.bind_socket()] if admin else [])]
+    if admin is not None:
+        os.environ[ADMIN_PORT_ENV] = str(admin.port)
     log.info("quotagate listening on http://%s:%d with %d workers", host, port, workers)
     with embedded_mock(policy):
-        _Supervisor(config, sockets=[sock]).run()
+        _Supervisor(config, sockets=sockets).run()
 
 
 async def _migrate(policy: Policy) -> None:
@@ -148,22 +166,33 @@ def run_gateway(
     listen: str | None = None,
     log_level: str = "warning",
     on_ready: Callable[[], None] | None = None,
+    admin_listen: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM. ``on_ready`` runs once the port is bound and the
     gateway has started (the socket is bound first, so nothing is lost in between)."""
-    app = GatewayApp(Gateway(policy, settings), on_started=on_ready)
+    admin = _admin_config(policy, admin_listen)
+    app = GatewayApp(Gateway(policy, settings), on_ready, admin.port if admin else None)
     config = uvicorn_config(app, listen or policy.server.listen, log_level)
     server = uvicorn.Server(config)
     try:
-        sock = config.bind_socket()
+        sockets = [config.bind_socket()]
     except SystemExit:
         log.error("cannot listen on %s", listen or policy.server.listen)
         raise
+    if admin is not None:
+        try:
+            sockets.append(admin.bind_socket())
+        except SystemExit:
+            where = admin_listen or policy.admin.listen
+            log.error("cannot listen on %s for the admin API (admin.listen)", where)
+            raise
     # uvicorn handles SIGTERM, then re-raises it once the handlers are restored; turn
     # that second delivery into an orderly exit so the embedded mock is stopped too.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with embedded_mock(policy):
         log.info("quotagate listening on http://%s", listen or policy.server.listen)
-        uvloop.run(server.serve(sockets=[sock]))
+        if admin is not None:
+            log.info("admin API on http://%s:%d", admin.host, admin.port)
+        uvloop.run(server.serve(sockets=sockets))
     if not server.started:
         raise SystemExit(1)

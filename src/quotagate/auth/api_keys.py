@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from quotagate.auth.keys import parse_key_id, verify_key
 from quotagate.auth.principal import Grant, Principal
@@ -37,7 +38,17 @@ def _principal(row: KeyRow, grants: dict[str, Grant] | None) -> Principal:
 
 
 def _usable(row: KeyRow | None) -> bool:
-    return row is not None and row.revoked_at is None and row.tenant_status == "active"
+    return row is not None and _seconds_left(row) > 0 and row.tenant_status == "active"
+
+
+def _seconds_left(row: KeyRow) -> float:
+    """Until the key stops working: a key being rotated is revoked at a future time."""
+    if row.revoked_at is None:
+        return float("inf")
+    revoked = row.revoked_at
+    if revoked.tzinfo is None:
+        revoked = revoked.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    return (revoked - datetime.now(UTC)).total_seconds()
 
 
 class KeyAuthenticator:
@@ -96,7 +107,8 @@ class KeyAuthenticator:
             log.warning("key lookup failed: %s", type(exc).__name__)
             raise ServiceUnavailable("Cannot verify the API key right now.") from exc
         if row is not None and _usable(row):
-            entry = _Entry(row.key_hash, _principal(row, grants), self._clock() + self.ttl)
+            lifetime = min(self.ttl, _seconds_left(row))
+            entry = _Entry(row.key_hash, _principal(row, grants), self._clock() + lifetime)
         else:
             entry = _Entry(None, None, self._clock() + self.ttl)
         if len(self._cache) >= _MAX_ENTRIES:

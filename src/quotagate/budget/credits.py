@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
+from quotagate.budget.pricing import format_money
 from quotagate.config.durations import parse_duration
 from quotagate.limits.quotas import to_micros
+
+if TYPE_CHECKING:
+    from quotagate.db.repo import CreditRow
 
 KINDS = ("topup", "burst", "override")
 
@@ -36,3 +41,12 @@ def expiry(value: str | None, now: datetime | None = None) -> datetime | None:
         pass
     at = datetime.fromisoformat(value)
     return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def credit_json(credit: CreditRow) -> dict[str, Any]:
+    amount = format_money(credit.amount) if credit.resource == "budget" else str(credit.amount)
+    expires = credit.expires_at.isoformat() if credit.expires_at else None
+    return {
+        "id": credit.id, "tenant_id": credit.tenant_id, "kind": credit.kind,
+        "resource": credit.resource, "amount": amount, "expires_at": expires, "note": credit.note,
+    }  # fmt: skip

@@ -8,6 +8,7 @@ micro-units until it is printed, and is printed from the integer, never a float.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -182,3 +183,11 @@ def _table(rows: Sequence[UsageRow], currency: str) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(cells) for cells in body)]) + "\n"
+
+
+def with_tenant_name(row: UsageRow, names: Mapping[str, str]) -> UsageRow:
+    """A report row with its tenant id replaced by the tenant's name."""
+    tenant = row.group.get("tenant")
+    if tenant is None:
+        return row
+    return dataclasses.replace(row, group={**row.group, "tenant": names.get(tenant, tenant)})

@@ -292,8 +292,16 @@ class AccountingConfig(Frozen):
     alerts: AlertsConfig = AlertsConfig()
 
 
+class AdminConfig(Frozen):
+    # The admin API's own listener: keep it on loopback or a private network.
+    enabled: bool = True
+    listen: str = "127.0.0.1:8081"
+    _listen = field_validator("listen")(_check_listen)
+
+
 class Policy(Frozen):
     server: ServerConfig = ServerConfig()
+    admin: AdminConfig = AdminConfig()
     store: StoreConfig = StoreConfig()
     database: DatabaseConfig = DatabaseConfig()
     auth: AuthConfig = AuthConfig()

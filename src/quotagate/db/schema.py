@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData()
@@ -114,4 +115,31 @@ alert_deliveries = Table(
     Column("delivered", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_qg_alert_deliveries_alert", "alert_id"),
+)
+
+# Operators' credentials for the admin API (HMAC-SHA256 with the server secret, like
+# API keys); the plaintext is shown once at creation.
+admin_tokens = Table(
+    "qg_admin_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# Every change made through the admin API or the CLI: who, what, when, before and
+# after (JSON, never a secret: keys and tokens appear by id only).
+audit_log = Table(
+    "qg_audit_log",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("before", Text, nullable=True),
+    Column("after", Text, nullable=True),
+    Index("ix_qg_audit_log_at", "at"),
 )

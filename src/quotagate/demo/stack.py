@@ -44,6 +44,7 @@ class Stack:
         self.data_dir = data_dir
         self.gateway_port = free_port()
         self.mock_port = free_port()
+        self.admin_port = free_port()
         self.log_path = data_dir / "gateway.log"
         self.env = self._child_env()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -62,6 +63,7 @@ class Stack:
         env["QUOTAGATE_DATA_DIR"] = str(self.data_dir)
         env["QUOTAGATE_LISTEN"] = f"127.0.0.1:{self.gateway_port}"
         env["QUOTAGATE_MOCK_PORT"] = str(self.mock_port)
+        env["QUOTAGATE_ADMIN_LISTEN"] = f"127.0.0.1:{self.admin_port}"
         return env
 
     def start(self) -> None:

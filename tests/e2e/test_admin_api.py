@@ -1,0 +1,163 @@
+"""The admin API on its own listener: tokens, tenants, keys, credits, the audit log.
+
+A real gateway process; the admin API is driven over HTTP with an admin token made by
+the CLI, and its effects are checked on the proxy with the official SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from e2e_clients import CHAT_MODEL, messages, sdk
+
+from harness import Gateway, policy
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path_factory.mktemp("admin"), policy(upstream)).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def token(gateway: Gateway) -> str:
+    return str(json.loads(gateway.cli("admin-tokens", "create", "ops", "--json"))["token"])
+
+
+@pytest.fixture(scope="module")
+def admin(gateway: Gateway, token: str) -> Iterator[httpx.Client]:
+    headers = {"authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=gateway.admin_url, headers=headers, timeout=10) as client:
+        yield client
+
+
+def error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return dict(body["error"])
+
+
+def chat_ok(gw: Gateway, key: str) -> bool:
+    try:
+        sdk(gw, key).chat.completions.create(model=CHAT_MODEL, messages=messages("hi"))
+    except openai.AuthenticationError:
+        return False
+    return True
+
+
+def test_only_an_admin_token_opens_the_admin_api(gateway: Gateway, admin: httpx.Client) -> None:
+    tenant_key = gateway.tenant_key("outsider", "pro")
+    anonymous = httpx.get(gateway.admin_url + "/admin/v1/tenants", timeout=10)
+    assert error(anonymous, 401)["code"] == "missing_admin_token"
+    for credential in (tenant_key, "qga-000000000000_forged", "x" * 5000):
+        refused = httpx.get(
+            gateway.admin_url + "/admin/v1/tenants",
+            headers={"authorization": f"Bearer {credential}"},
+            timeout=10,
+        )
+        assert error(refused, 401)["code"] == "invalid_admin_token"
+    # Not on the public listener at all, with any credential.
+    public = httpx.get(gateway.base_url + "/admin/v1/tenants", headers=admin.headers, timeout=10)
+    assert public.status_code == 404
+    assert admin.get("/admin/v1/tenants").status_code == 200
+
+
+def test_tenants_and_keys_round_trip_through_the_proxy(
+    gateway: Gateway, admin: httpx.Client
+) -> None:
+    created = admin.post("/admin/v1/tenants", json={"name": "acme", "plan": "pro"})
+    assert created.status_code == 201 and created.json()["plan"] == "pro"
+    assert error(admin.post("/admin/v1/tenants", json={"name": "acme", "plan": "pro"}), 409)
+    bad_plan = error(admin.post("/admin/v1/tenants", json={"name": "x", "plan": "gold"}), 422)
+    assert bad_plan["param"] == "plan"
+    assert error(admin.post("/admin/v1/tenants", json={"name": "y"}), 422)["param"] == "plan"
+
+    key = admin.post("/admin/v1/keys", json={"tenant": "acme", "name": "ci"}).json()
+    assert chat_ok(gateway, key["key"])
+    listed = admin.get("/admin/v1/keys", params={"tenant": "acme"}).json()["data"]
+    assert [k["key_id"] for k in listed] == [key["key_id"]]
+    assert "key" not in listed[0] and key["key"] not in json.dumps(listed)
+
+    # Suspended: every key of the tenant stops at once on this instance; back again.
+    assert admin.patch("/admin/v1/tenants/acme", json={"status": "suspended"}).status_code == 200
+    assert not chat_ok(gateway, key["key"])
+    assert admin.patch("/admin/v1/tenants/acme", json={"status": "active"}).status_code == 200
+    assert chat_ok(gateway, key["key"])
+
+    revoked = admin.post(f"/admin/v1/keys/{key['key_id']}/revoke")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    assert not chat_ok(gateway, key["key"])
+    assert error(admin.post(f"/admin/v1/keys/{key['key_id']}/revoke"), 404)
+
+
+def test_rotation_keeps_the_old_key_for_the_overlap_only(
+    gateway: Gateway, admin: httpx.Client
+) -> None:
+    admin.post("/admin/v1/tenants", json={"name": "rotating", "plan": "pro"})
+    first = admin.post("/admin/v1/keys", json={"tenant": "rotating"}).json()
+    second = admin.post(
+        f"/admin/v1/keys/{first['key_id']}/rotate", json={"overlap_seconds": 3600}
+    ).json()
+    assert second["replaces"] == first["key_id"] and second["key"] != first["key"]
+    assert chat_ok(gateway, first["key"]) and chat_ok(gateway, second["key"])
+    # Rotated again without overlap: the second key stops now, the third works.
+    third = admin.post(
+        f"/admin/v1/keys/{second['key_id']}/rotate", json={"overlap_seconds": 0}
+    ).json()
+    assert not chat_ok(gateway, second["key"]) and chat_ok(gateway, third["key"])
+    # A key already being rotated is not rotated twice.
+    assert error(
+        admin.post(f"/admin/v1/keys/{first['key_id']}/rotate", json={"overlap_seconds": 5}), 409
+    )
+
+
+def test_every_change_is_audited_without_a_secret(gateway: Gateway, admin: httpx.Client) -> None:
+    admin.post("/admin/v1/tenants", json={"name": "audited", "plan": "free"})
+    key = admin.post("/admin/v1/keys", json={"tenant": "audited"}).json()
+    admin.patch("/admin/v1/tenants/audited", json={"plan": "pro"})
+    credit = admin.post(
+        "/admin/v1/credits", json={"tenant": "audited", "kind": "topup", "tokens": 5000}
+    )
+    assert credit.status_code == 201
+    admin.post(f"/admin/v1/keys/{key['key_id']}/revoke")
+
+    entries = admin.get("/admin/v1/audit", params={"limit": 1000}).json()["data"]
+    mine = [e for e in entries if e["target"] in ("audited", key["key_id"])]
+    assert [e["action"] for e in reversed(mine)] == [
+        "tenant.create", "key.create", "tenant.update", "credit.add", "key.revoke",
+    ]  # fmt: skip
+    assert {e["actor"] for e in mine} == {"token:ops"}
+    change = next(e for e in mine if e["action"] == "tenant.update")
+    assert (change["before"]["plan"], change["after"]["plan"]) == ("free", "pro")
+    assert key["key"] not in json.dumps(entries)
+    only = admin.get("/admin/v1/audit", params={"target": key["key_id"]}).json()["data"]
+    assert {e["action"] for e in only} == {"key.create", "key.revoke"}
+
+
+def test_the_database_holds_no_plaintext_token_or_key(
+    gateway: Gateway, admin: httpx.Client, token: str
+) -> None:
+    admin.post("/admin/v1/tenants", json={"name": "dumped", "plan": "pro"})
+    key = admin.post("/admin/v1/keys", json={"tenant": "dumped"}).json()["key"]
+    with closing(sqlite3.connect(gateway.tmp / "qg.db")) as db:
+        dump = "\n".join(db.iterdump())
+    assert token not in dump and token.split("_", 1)[1] not in dump
+    assert key not in dump and key.split("_", 1)[1] not in dump
+
+
+def test_the_openapi_document_describes_every_route(admin: httpx.Client) -> None:
+    doc = admin.get("/admin/openapi.json").json()
+    assert {
+        "/admin/v1/tenants", "/admin/v1/tenants/{name}", "/admin/v1/keys",
+        "/admin/v1/keys/{key_id}/revoke", "/admin/v1/keys/{key_id}/rotate",
+        "/admin/v1/credits", "/admin/v1/usage", "/admin/v1/audit",
+    } <= set(doc["paths"])  # fmt: skip
