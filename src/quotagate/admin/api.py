@@ -109,6 +109,11 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(422, f"{where}: {first.get('msg', 'invalid')}", "invalid_request", where)
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("admin API: %s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, "The admin API failed to handle the request.", "internal_error")
+
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), "http_error")
