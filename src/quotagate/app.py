@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from quotagate.auth.api_keys import KeyAuthenticator
+from quotagate.auth.invalidation import Invalidation
 from quotagate.budget.alerts import AlertSender
 from quotagate.budget.idempotency import Idempotency
 from quotagate.budget.ledger import LedgerWriter
@@ -89,6 +90,7 @@ class Gateway:
         self.store = self.engine.store
         self.db = Database(policy.database.url, policy.database.schema_name)
         self.keys = KeyAuthenticator(self.db, settings.server_secret(), policy.auth.key_cache_ttl)
+        self.invalidation = Invalidation(policy.store.url, policy.store.prefix, self.keys.forget)
         self.session: aiohttp.ClientSession | None = None
         accounting = policy.accounting
         self.ledger: LedgerWriter | None = None
@@ -110,6 +112,7 @@ class Gateway:
             await self.ledger.start()
         self.alerts.sender = self._alert_sender(self.session)
         self.reaper.start()
+        await self.invalidation.start()
         if self.settings.config_path is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_from_file)
 
@@ -125,6 +128,7 @@ class Gateway:
     async def stop(self) -> None:
         """Shutdown (SIGTERM): in-flight requests have ended; write what they left."""
         await self.reaper.stop()
+        await self.invalidation.stop()
         if self.alerts.sender is not None:
             await self.alerts.sender.close()
         if self.ledger is not None:

@@ -278,10 +278,13 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
-    """Revoke a key by its id. Running gateways refuse it within auth.key_cache_ttl."""
+    """Revoke a key by its id. Gateways sharing a Redis store refuse it at once, the
+    others within auth.key_cache_ttl."""
+    from quotagate.auth.invalidation import publish_once
 
-    async def action(db: Database, _: Policy, __: Settings) -> None:
+    async def action(db: Database, policy: Policy, __: Settings) -> None:
         await db.revoke_key(key_id)
+        await publish_once(policy.store.url, policy.store.prefix, [key_id])
         typer.echo(f"revoked key {key_id}")
 
     _with_db(config, action)

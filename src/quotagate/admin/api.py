@@ -135,13 +135,12 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
     Actor = Annotated[str, Depends(actor)]
 
     async def forget_keys(tenant: str | None = None, key_id: str | None = None) -> None:
-        """This instance drops the cached principal now; the others on their next
-        lookup (``auth.key_cache_ttl`` bounds it)."""
-        if key_id is not None:
-            gateway.keys.forget(key_id)
+        """Every instance drops the cached keys now (Redis pub/sub; the key cache TTL
+        is the backstop)."""
+        ids = [key_id] if key_id is not None else []
         if tenant is not None:
-            for row in await gateway.db.list_keys(tenant):
-                gateway.keys.forget(row.id)
+            ids += [row.id for row in await gateway.db.list_keys(tenant)]
+        await gateway.invalidation.publish(ids)
 
     def plan_exists(plan: str) -> None:
         if plan not in gateway.snapshot.plans:

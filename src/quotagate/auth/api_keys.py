@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -116,6 +116,7 @@ class KeyAuthenticator:
         self._cache[key_id] = entry
         return entry
 
-    def forget(self, key_id: str) -> None:
-        """Drop one cached key (revocation reaches this instance at once)."""
-        self._cache.pop(key_id, None)
+    def forget(self, key_ids: Sequence[str]) -> None:
+        """Drop cached keys (a revocation reaches this instance at once)."""
+        for key_id in key_ids:
+            self._cache.pop(key_id, None)
