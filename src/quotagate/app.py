@@ -37,6 +37,7 @@ from quotagate.limits.engine import EngineSettings, LimitEngine
 from quotagate.observability.metrics import RELOADS
 from quotagate.pipeline.authenticate import Authenticate
 from quotagate.pipeline.authorize import Authorize
+from quotagate.pipeline.client_address import Networks, client_address
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.endpoints import Healthz, ListModels, Metrics
 from quotagate.pipeline.forward import Forward
@@ -223,9 +224,9 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
 _NOT_FOUND = Endpoint("unknown", "", Pipeline([]))
 
 
-def _scan_headers(ctx: RequestContext) -> None:
+def _scan_headers(ctx: RequestContext, trusted: Networks = ()) -> None:
     """One pass over the request headers for the few the gateway reads."""
-    request_id = b""
+    request_id = forwarded = b""
     for name, value in ctx.scope["headers"]:
         if name == b"authorization":
             if value[:7].lower() == b"bearer ":
@@ -238,8 +239,12 @@ def _scan_headers(ctx: RequestContext) -> None:
             request_id = value
         elif name == b"idempotency-key":
             ctx.idempotency_key = value
+        elif name == b"x-forwarded-for" and trusted:
+            forwarded = value if not forwarded else forwarded + b"," + value
     # A client's own request id is kept when it is safe to echo and to log; the ledger
     # keys on the gateway's own (a client could send one id twice).
+    if forwarded:
+        ctx.client_ip = client_address(ctx.client_ip, forwarded, trusted)
     ctx.record_id = f"req_{new_id()}"
     ctx.request_id = request_id.decode() if _REQUEST_ID.match(request_id) else ctx.record_id
 
@@ -280,7 +285,7 @@ class GatewayApp:
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         endpoint = self.endpoints.get(scope["path"], _NOT_FOUND)
         ctx = RequestContext(scope, receive, send, endpoint)
-        _scan_headers(ctx)
+        _scan_headers(ctx, self.gateway.snapshot.policy.server.trusted_proxies)
         if endpoint is _NOT_FOUND:
             await send_error(ctx, NotFound(f"Unknown path {scope['path']!r}."[:300]))
         elif scope["method"] != endpoint.method and scope["method"] not in endpoint.method.split():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator, model_validator
 
 from quotagate.config.durations import Duration, Per
 
@@ -39,6 +39,9 @@ def _check_scopes(value: str | list[str]) -> str | list[str]:
 class ServerConfig(Frozen):
     listen: str = "127.0.0.1:8080"
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    # Load balancers / proxies whose X-Forwarded-For is believed (CIDRs). From any other
+    # peer the header is ignored: the client address (per-IP limits, logs) is the peer's.
+    trusted_proxies: list[IPvAnyNetwork] = []
     _listen = field_validator("listen")(_check_listen)
 
 
