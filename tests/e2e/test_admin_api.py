@@ -19,10 +19,19 @@ from e2e_clients import CHAT_MODEL, messages, sdk
 
 from harness import Gateway, policy
 
+HOURLY = 5  # requests an hour per key on plan "hourly"
+DAILY = 4 * HOURLY  # requests a day per tenant on plan "hourly"
+
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path_factory.mktemp("admin"), policy(upstream)).start()
+    doc = policy(upstream)
+    doc["plans"]["hourly"] = {
+        "models": [CHAT_MODEL],
+        "limits": [{"scope": "key", "requests": HOURLY, "per": "1h"}],
+        "quotas": [{"scope": "tenant", "requests": DAILY, "per": "day"}],
+    }
+    gw = Gateway(tmp_path_factory.mktemp("admin"), doc).start()
     yield gw
     gw.stop()
 
@@ -161,3 +170,64 @@ def test_the_openapi_document_describes_every_route(admin: httpx.Client) -> None
         "/admin/v1/keys/{key_id}/revoke", "/admin/v1/keys/{key_id}/rotate",
         "/admin/v1/credits", "/admin/v1/usage", "/admin/v1/audit",
     } <= set(doc["paths"])  # fmt: skip
+
+
+def statuses(gw: Gateway, key: str, n: int) -> list[int]:
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=gw.base_url, headers=headers, timeout=10) as client:
+        return [client.post("/v1/chat/completions", json=body).status_code for _ in range(n)]
+
+
+def bypassed(gw: Gateway) -> float:
+    text = httpx.get(gw.base_url + "/metrics", timeout=10).text
+    line = next(x for x in text.splitlines() if x.startswith("quotagate_limit_bypassed_total"))
+    return float(line.split()[-1])
+
+
+def test_an_emergency_bypass_lifts_every_limit_of_one_key_and_is_audited(
+    gateway: Gateway, admin: httpx.Client
+) -> None:
+    admin.post("/admin/v1/tenants", json={"name": "critical", "plan": "hourly"})
+    key = admin.post("/admin/v1/keys", json={"tenant": "critical", "name": "pager"}).json()
+    other = admin.post("/admin/v1/keys", json={"tenant": "critical"}).json()
+    assert statuses(gateway, key["key"], HOURLY + 1) == [200] * HOURLY + [429]
+    before = bypassed(gateway)
+    on = admin.post(
+        f"/admin/v1/keys/{key['key_id']}/bypass", json={"enabled": True, "reason": "incident 42"}
+    )
+    assert on.status_code == 200 and on.json()["bypass_limits"] is True
+    # Past the key's hourly rate and the tenant's daily quota: all served.
+    assert statuses(gateway, key["key"], DAILY + 2) == [200] * (DAILY + 2)
+    assert bypassed(gateway) - before == DAILY + 2
+    # Only that key: the tenant's other key keeps its limits (and the bypassed
+    # requests were not counted against the tenant's quota).
+    assert statuses(gateway, other["key"], HOURLY + 1) == [200] * HOURLY + [429]
+    off = admin.post(
+        f"/admin/v1/keys/{key['key_id']}/bypass", json={"enabled": False, "reason": "resolved"}
+    )
+    assert off.json()["bypass_limits"] is False
+    assert statuses(gateway, key["key"], 1) == [429]
+    audit = admin.get("/admin/v1/audit", params={"target": key["key_id"]}).json()["data"]
+    assert [e["action"] for e in audit[:2]] == ["key.bypass_off", "key.bypass_on"]
+    assert audit[1]["after"]["reason"] == "incident 42"
+
+
+def test_a_temporary_rate_raise_gives_the_tenant_more_until_it_expires(
+    gateway: Gateway, admin: httpx.Client
+) -> None:
+    admin.post("/admin/v1/tenants", json={"name": "launching", "plan": "hourly"})
+    key = admin.post("/admin/v1/keys", json={"tenant": "launching"}).json()["key"]
+    assert statuses(gateway, key, HOURLY + 1) == [200] * HOURLY + [429]
+    raised = admin.post(
+        "/admin/v1/rate-raises", json={"tenant": "launching", "factor": 1.6, "expires": "1h"}
+    )
+    assert raised.status_code == 201 and raised.json()["amount"] == "x1.6", raised.text
+    # A fresh allowance of 1.6 x 5 = 8 an hour while the raise lasts.
+    assert statuses(gateway, key, 9) == [200] * 8 + [429]
+    assert error(
+        admin.post("/admin/v1/rate-raises", json={"tenant": "launching", "factor": 1000,
+                                                  "expires": "1h"}), 422
+    )["param"] == "factor"  # fmt: skip
+    entries = admin.get("/admin/v1/audit", params={"target": "launching"}).json()["data"]
+    assert entries[0]["action"] == "rate.raise"

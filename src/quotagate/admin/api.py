@@ -22,7 +22,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from quotagate.admin.repo import AdminRepo, key_json, tenant_json
-from quotagate.budget.credits import credit_json, credit_request
+from quotagate.budget.credits import (
+    MAX_RATE_FACTOR,
+    RATE_PERMILLE,
+    credit_json,
+    credit_request,
+    expiry,
+)
 from quotagate.budget.usage_report import format_rows, usage_report, with_tenant_name
 from quotagate.db.repo import DatabaseError
 
@@ -57,6 +63,18 @@ class KeyCreate(_Body):
 
 class KeyRotate(_Body):
     overlap_seconds: float = Field(default=3600, ge=0, le=30 * 86400)
+
+
+class KeyBypass(_Body):
+    enabled: bool
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class RateRaise(_Body):
+    tenant: str = Field(min_length=1, max_length=200)
+    factor: float = Field(gt=1.0, le=MAX_RATE_FACTOR)
+    expires: str = Field(min_length=1, max_length=32)  # "2h", or an ISO date/time
+    note: str | None = Field(default=None, max_length=200)
 
 
 class CreditCreate(_Body):
@@ -194,6 +212,30 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
         row, plaintext = await repo.rotate_key(who, key_id, body.overlap_seconds)
         await forget_keys(key_id=key_id)
         return {**key_json(row), "key": plaintext, "replaces": key_id}
+
+    @app.post("/admin/v1/keys/{key_id}/bypass", tags=["keys"])
+    async def bypass_key(key_id: str, body: KeyBypass, who: Actor) -> dict[str, Any]:
+        row = await repo.set_bypass(who, key_id, body.enabled, body.reason)
+        if body.enabled:
+            log.warning("emergency bypass ON for key %s by %s: %s", key_id, who, body.reason)
+        await forget_keys(key_id=key_id)
+        return key_json(row)
+
+    @app.post("/admin/v1/rate-raises", status_code=201, tags=["overrides"])
+    async def raise_rates(body: RateRaise, who: Actor) -> dict[str, Any]:
+        """Multiply every rate limit of the tenant's plan by ``factor`` until ``expires``."""
+        try:
+            expires = expiry(body.expires)
+        except ValueError:
+            raise AdminFailure(
+                422, "expires: a duration or an ISO date/time", "invalid_request", "expires"
+            ) from None
+        tenant = await gateway.db.get_tenant(body.tenant)
+        amount = round(body.factor * RATE_PERMILLE)
+        row = await gateway.db.add_credit(tenant.id, "override", "rate", amount, expires, body.note)
+        await repo.audit(who, "rate.raise", body.tenant, None, credit_json(row))
+        await forget_keys(tenant=body.tenant)
+        return credit_json(row)
 
     # --- credits and usage -------------------------------------------------------------
 

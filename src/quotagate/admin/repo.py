@@ -48,6 +48,7 @@ def key_json(row: KeyRow) -> dict[str, Any]:
     return {
         "key_id": row.id, "tenant": row.tenant_name, "name": row.name, "user": row.user_id,
         "created_at": _iso(row.created_at), "revoked_at": _iso(row.revoked_at),
+        "bypass_limits": row.bypass_limits,
     }  # fmt: skip
 
 
@@ -185,6 +186,20 @@ class AdminRepo:
         new, plaintext = await self.create_key(actor, old.tenant_name, old.name, old.user_id)
         await self.revoke_key(actor, key_id, _now() + timedelta(seconds=overlap))
         return new, plaintext
+
+    async def set_bypass(self, actor: str, key_id: str, enabled: bool, reason: str) -> KeyRow:
+        """The emergency bypass: a critical key skips every limit while it is on."""
+        before = await self._key(key_id)
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                update(api_keys).where(api_keys.c.id == key_id).values(bypass_limits=enabled)
+            )
+        after = await self._key(key_id)
+        action = "key.bypass_on" if enabled else "key.bypass_off"
+        await self.audit(
+            actor, action, key_id, key_json(before), {**key_json(after), "reason": reason}
+        )
+        return after
 
     async def _key(self, key_id: str) -> KeyRow:
         row = await self.db.find_key(key_id)

@@ -24,4 +24,5 @@ class Principal:
     user: str  # the key's user, or the key id when the key names none
     plan: str
     zone: tuple[str, int] = ("UTC", 1)  # the tenant's time zone and billing day
-    grants: dict[str, Grant] | None = None  # by resource: "budget", "tokens"
+    grants: dict[str, Grant] | None = None  # by resource: "budget", "tokens", "rate"
+    bypass: bool = False  # an emergency bypass: no limit, quota or budget applies

@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from quotagate.db.repo import CreditRow
 
 KINDS = ("topup", "burst", "override")
+# A tenant's temporary rate-limit raise is an "override" credit on resource "rate",
+# its factor in thousandths (2.5x → 2500).
+RATE_PERMILLE = 1000
+MAX_RATE_FACTOR = 100.0
 
 
 def credit_request(
@@ -44,7 +48,13 @@ def expiry(value: str | None, now: datetime | None = None) -> datetime | None:
 
 
 def credit_json(credit: CreditRow) -> dict[str, Any]:
-    amount = format_money(credit.amount) if credit.resource == "budget" else str(credit.amount)
+    amount = (
+        format_money(credit.amount)
+        if credit.resource == "budget"
+        else f"x{credit.amount / RATE_PERMILLE:g}"
+        if credit.resource == "rate"
+        else str(credit.amount)
+    )
     expires = credit.expires_at.isoformat() if credit.expires_at else None
     return {
         "id": credit.id, "tenant_id": credit.tenant_id, "kind": credit.kind,

@@ -51,6 +51,7 @@ class KeyRow:
     revoked_at: datetime | None
     timezone: str = "UTC"
     billing_day: int = 1
+    bypass_limits: bool = False
 
 
 def _now() -> datetime:
@@ -247,4 +248,5 @@ def _key_query() -> Any:
         api_keys.c.revoked_at,
         tenants.c.timezone,
         tenants.c.billing_day,
+        api_keys.c.bypass_limits,
     ).join(tenants, tenants.c.id == api_keys.c.tenant_id)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -46,6 +47,9 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False),  # HMAC-SHA256, hex
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    # Emergency bypass: a critical internal key skips every limit, quota and budget
+    # (still authenticated and recorded). Set through the admin API, audited.
+    Column("bypass_limits", Boolean, nullable=False, server_default=false()),
     Index("ix_qg_api_keys_tenant", "tenant_id"),
 )
 

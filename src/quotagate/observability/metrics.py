@@ -85,3 +85,7 @@ PROMPT_ESTIMATE_RATIO = Histogram(
     "The reservation's prompt-token estimate ÷ the upstream's reported prompt tokens.",
     buckets=(0.5, 0.67, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0),
 )
+LIMIT_BYPASSED = Counter(
+    "quotagate_limit_bypassed",
+    "Requests of keys under an emergency bypass: no limit, quota or budget applied.",
+)

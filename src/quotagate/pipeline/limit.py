@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from quotagate.auth.principal import Principal
+from quotagate.budget.credits import RATE_PERMILLE
 from quotagate.budget.feedback import crossed, quota_headers, reset_time, warning
 from quotagate.budget.pricing import Prices, format_money, output_tokens_for
 from quotagate.budget.reserve import reservation_record, reserve, too_large
@@ -22,7 +23,7 @@ from quotagate.ids import new_id
 from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import CompiledLimit, ScopeValues
-from quotagate.observability.metrics import QUOTA_EXHAUSTED
+from quotagate.observability.metrics import LIMIT_BYPASSED, QUOTA_EXHAUSTED
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import TOKEN_FIELDS
 from quotagate.pipeline.stage import PolicySource
@@ -62,6 +63,9 @@ class Limit:
     async def __call__(self, ctx: RequestContext) -> None:
         if ctx.stream:
             ask_for_stream_usage(ctx)  # the ledger and settlement read the usage chunk
+        if ctx.principal is not None and ctx.principal.bypass:
+            LIMIT_BYPASSED.inc()  # an emergency bypass: recorded, never limited
+            return
         plan: CompiledPlan = ctx.plan
         # A refusal after a degrade action must not claim it: what to restore.
         mark, origin = len(ctx.response_headers), (ctx.model, ctx.target, ctx.price)
@@ -220,6 +224,9 @@ def _check(
         ctx.reserved_tokens if unit == "tokens" else ctx.reserved_micros if unit == "micros" else 1
     )
     if limit.kind == "rate":
+        raise_ = p.grants.get("rate") if p.grants else None
+        if raise_ is not None and raise_.override:
+            return limit.check(values, unique, cost, factor=raise_.override / RATE_PERMILLE)
         return limit.check(values, unique, cost)
     grant = p.grants.get(limit.resource) if p.grants and limit.resource else None
     amount = grant.apply(limit.amount) if grant is not None else None

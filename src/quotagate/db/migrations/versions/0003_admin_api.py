@@ -1,4 +1,4 @@
-"""Admin API: operators' tokens and the audit log.
+"""Admin API: operators' tokens, the audit log, the emergency bypass of a key.
 
 Revision ID: 0003
 Revises: 0002
@@ -17,6 +17,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("qg_api_keys") as batch:  # batch: SQLite alters by copy
+        batch.add_column(
+            sa.Column("bypass_limits", sa.Boolean, nullable=False, server_default=sa.false())
+        )
     op.create_table(
         "qg_admin_tokens",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -42,3 +46,5 @@ def downgrade() -> None:
     op.drop_index("ix_qg_audit_log_at", "qg_audit_log")
     op.drop_table("qg_audit_log")
     op.drop_table("qg_admin_tokens")
+    with op.batch_alter_table("qg_api_keys") as batch:
+        batch.drop_column("bypass_limits")
