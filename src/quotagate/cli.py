@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from quotagate.admin.repo import AdminRepo
 from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy
 from quotagate.db.repo import Database, DatabaseError
@@ -41,6 +43,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(config_app, name="config")
 app.add_typer(limits_app, name="limits")
 err = Console(stderr=True)
+# The audit log's actor for changes made here: the operator at this machine's shell.
+CLI_ACTOR = f"cli:{getpass.getuser()}"
 T = TypeVar("T")
 
 ConfigOpt = Annotated[
@@ -167,12 +171,13 @@ def tenants_create(
         err.print(f"[red]error:[/red] unknown time zone {timezone!r}")
         raise typer.Exit(2) from None
 
-    async def action(db: Database, policy: Policy, _: Settings) -> None:
+    async def action(db: Database, policy: Policy, settings: Settings) -> None:
         if plan not in policy.plans:
             raise DatabaseError(
                 f"no plan {plan!r} in the policy (plans: {', '.join(policy.plans)})"
             )
-        row = await db.create_tenant(name, plan, timezone, billing_day)
+        repo = AdminRepo(db, settings.server_secret())
+        row = await repo.create_tenant(CLI_ACTOR, name, plan, timezone, billing_day)
         if as_json:
             typer.echo(
                 json.dumps(
@@ -225,7 +230,9 @@ def keys_create(
     """Create an API key. It is printed once, alone on the last line; store it now."""
 
     async def action(db: Database, _: Policy, settings: Settings) -> None:
-        key_id, plaintext = await db.create_key(tenant, settings.server_secret(), name, user)
+        repo = AdminRepo(db, settings.server_secret())
+        row, plaintext = await repo.create_key(CLI_ACTOR, tenant, name, user)
+        key_id = row.id
         if as_json:
             typer.echo(json.dumps({"key_id": key_id, "tenant": tenant, "key": plaintext}))
         else:
@@ -282,8 +289,8 @@ def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
     others within auth.key_cache_ttl."""
     from quotagate.auth.invalidation import publish_once
 
-    async def action(db: Database, policy: Policy, __: Settings) -> None:
-        await db.revoke_key(key_id)
+    async def action(db: Database, policy: Policy, settings: Settings) -> None:
+        await AdminRepo(db, settings.server_secret()).revoke_key(CLI_ACTOR, key_id)
         await publish_once(policy.store.url, policy.store.prefix, [key_id])
         typer.echo(f"revoked key {key_id}")
 
@@ -385,10 +392,13 @@ def credits_add(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
-    async def action(db: Database, _: Policy, __: Settings) -> None:
+    async def action(db: Database, policy: Policy, settings: Settings) -> None:
         row = await db.get_tenant(tenant)
         credit = await db.add_credit(row.id, kind, resource, amount, expires_at, note)
         item = credit_json(credit)
+        await AdminRepo(db, settings.server_secret()).audit(
+            CLI_ACTOR, "credit.add", tenant, None, item
+        )
         typer.echo(json.dumps(item) if as_json else f"added {kind} {item['amount']} {resource} "
                    f"to {tenant} (expires {item['expires_at'] or 'never'})")  # fmt: skip
 
@@ -517,7 +527,7 @@ def admin_tokens_create(name: str, config: ConfigOpt = None, as_json: JsonOpt = 
     from quotagate.admin.repo import AdminRepo
 
     async def action(db: Database, _: Policy, settings: Settings) -> tuple[str, str]:
-        return await AdminRepo(db, settings.server_secret()).create_token(name, "cli")
+        return await AdminRepo(db, settings.server_secret()).create_token(name, CLI_ACTOR)
 
     token_id, token = _with_db(config, action)
     if as_json:
@@ -532,7 +542,7 @@ def admin_tokens_revoke(token_id: str, config: ConfigOpt = None) -> None:
     from quotagate.admin.repo import AdminRepo
 
     async def action(db: Database, _: Policy, settings: Settings) -> None:
-        await AdminRepo(db, settings.server_secret()).revoke_token(token_id, "cli")
+        await AdminRepo(db, settings.server_secret()).revoke_token(token_id, CLI_ACTOR)
 
     _with_db(config, action)
     typer.echo(f"revoked admin token {token_id}")

@@ -148,8 +148,16 @@ def test_every_change_is_audited_without_a_secret(gateway: Gateway, admin: httpx
     change = next(e for e in mine if e["action"] == "tenant.update")
     assert (change["before"]["plan"], change["after"]["plan"]) == ("free", "pro")
     assert key["key"] not in json.dumps(entries)
+    # The CLI's changes are audited too, by the operator's login name.
+    cli = [e for e in entries if e["action"] == "admin_token.create"]
+    assert cli and all(e["actor"].startswith("cli:") for e in cli)
+    assert token_secret_free(entries)
     only = admin.get("/admin/v1/audit", params={"target": key["key_id"]}).json()["data"]
     assert {e["action"] for e in only} == {"key.create", "key.revoke"}
+
+
+def token_secret_free(entries: list[dict[str, Any]]) -> bool:
+    return "qga-" not in json.dumps(entries)  # tokens appear by id only
 
 
 def test_the_database_holds_no_plaintext_token_or_key(
