@@ -11,6 +11,7 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -46,6 +47,27 @@ err = Console(stderr=True)
 # The audit log's actor for changes made here: the operator at this machine's shell.
 CLI_ACTOR = f"cli:{getpass.getuser()}"
 T = TypeVar("T")
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="A running gateway's admin API (http://HOST:8081) instead of the database."
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="Admin token for --url (default: $QUOTAGATE_ADMIN_TOKEN)."),
+]
+
+
+def _remote(url: str, token: str | None, method: str, path: str, body: Any = None) -> Any:
+    from quotagate.admin.client import AdminClient, AdminClientError
+
+    try:
+        return AdminClient(url, token).call(method, path, body)
+    except AdminClientError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
 
 ConfigOpt = Annotated[
     str | None,
@@ -161,6 +183,8 @@ def tenants_create(
     ] = 1,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Create a tenant on a plan."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -170,6 +194,12 @@ def tenants_create(
     except (ZoneInfoNotFoundError, ValueError):
         err.print(f"[red]error:[/red] unknown time zone {timezone!r}")
         raise typer.Exit(2) from None
+    if url:
+        body = {"name": name, "plan": plan, "timezone": timezone, "billing_day": billing_day}
+        made = _remote(url, token, "POST", "/admin/v1/tenants", body)
+        typer.echo(json.dumps(made) if as_json else f"created tenant {made['name']} "
+                   f"({made['id']}) on plan {made['plan']}")  # fmt: skip
+        return
 
     async def action(db: Database, policy: Policy, settings: Settings) -> None:
         if plan not in policy.plans:
@@ -197,8 +227,20 @@ def tenants_create(
 
 
 @tenants_app.command("list")
-def tenants_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def tenants_list(
+    config: ConfigOpt = None, as_json: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None
+) -> None:
     """List tenants."""
+    if url:
+        rows = _remote(url, token, "GET", "/admin/v1/tenants")["data"]
+        if as_json:
+            typer.echo(json.dumps(rows))
+            return
+        table = Table("name", "id", "plan", "status", "created")
+        for t in rows:
+            table.add_row(t["name"], t["id"], t["plan"], t["status"], t["created_at"])
+        Console().print(table)
+        return
 
     async def action(db: Database, _: Policy, __: Settings) -> None:
         rows = await db.list_tenants()
@@ -226,8 +268,19 @@ def keys_create(
     user: Annotated[str | None, typer.Option(help="The user this key acts for.")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Create an API key. It is printed once, alone on the last line; store it now."""
+    if url:
+        made = _remote(url, token, "POST", "/admin/v1/keys",
+                       {"tenant": tenant, "name": name, "user": user})  # fmt: skip
+        if as_json:
+            typer.echo(json.dumps({"key_id": made["key_id"], "tenant": tenant, "key": made["key"]}))
+        else:
+            err.print(f"key {made['key_id']} for tenant {tenant} (shown once):")
+            typer.echo(made["key"])
+        return
 
     async def action(db: Database, _: Policy, settings: Settings) -> None:
         repo = AdminRepo(db, settings.server_secret())
@@ -284,10 +337,17 @@ def keys_list(
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str, config: ConfigOpt = None) -> None:
+def keys_revoke(
+    key_id: str, config: ConfigOpt = None, url: UrlOpt = None, token: TokenOpt = None
+) -> None:
     """Revoke a key by its id. Gateways sharing a Redis store refuse it at once, the
     others within auth.key_cache_ttl."""
     from quotagate.auth.invalidation import publish_once
+
+    if url:
+        _remote(url, token, "POST", f"/admin/v1/keys/{quote(key_id, safe='')}/revoke")
+        typer.echo(f"revoked key {key_id}")
+        return
 
     async def action(db: Database, policy: Policy, settings: Settings) -> None:
         await AdminRepo(db, settings.server_secret()).revoke_key(CLI_ACTOR, key_id)

@@ -239,3 +239,23 @@ def test_a_temporary_rate_raise_gives_the_tenant_more_until_it_expires(
     )["param"] == "factor"  # fmt: skip
     entries = admin.get("/admin/v1/audit", params={"target": "launching"}).json()["data"]
     assert entries[0]["action"] == "rate.raise"
+
+
+def test_the_cli_drives_a_running_gateway_with_url(
+    gateway: Gateway, admin: httpx.Client, token: str
+) -> None:
+    remote = ("--url", gateway.admin_url, "--token", token)
+    made = json.loads(
+        gateway.cli("tenants", "create", "remote", "--plan", "pro", *remote, "--json")
+    )
+    assert made["name"] == "remote"
+    listed = json.loads(gateway.cli("tenants", "list", *remote, "--json"))
+    assert "remote" in [t["name"] for t in listed]
+    key = json.loads(gateway.cli("keys", "create", "--tenant", "remote", *remote, "--json"))
+    assert chat_ok(gateway, key["key"])
+    gateway.cli("keys", "revoke", key["key_id"], *remote)
+    assert not chat_ok(gateway, key["key"])  # this instance forgot it at once
+    entries = admin.get("/admin/v1/audit", params={"target": "remote"}).json()["data"]
+    assert [e["actor"] for e in entries] == ["token:ops"]  # made through the API
+    with pytest.raises(RuntimeError, match="Incorrect admin token"):
+        gateway.cli("tenants", "list", "--url", gateway.admin_url, "--token", "qga-bad")
