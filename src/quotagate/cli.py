@@ -300,13 +300,32 @@ def keys_list(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """List keys (ids and state; never the keys themselves)."""
     from quotagate.auth.keys import display_prefix
 
+    def show(items: list[dict[str, Any]]) -> None:
+        if as_json:
+            typer.echo(json.dumps(items))
+            return
+        table = Table("key id", "prefix", "tenant", "name", "created", "revoked")
+        for i in items:
+            table.add_row(
+                i["key_id"], display_prefix(i["key_id"]), i["tenant"], i["name"] or "",
+                i["created_at"], i["revoked_at"] or "",
+            )  # fmt: skip
+        Console().print(table)
+
+    if url:
+        query = f"?tenant={quote(tenant, safe='')}" if tenant else ""
+        show(_remote(url, token, "GET", f"/admin/v1/keys{query}")["data"])
+        return
+
     async def action(db: Database, _: Policy, __: Settings) -> None:
         rows = await db.list_keys(tenant)
-        items = [
+        show([
             {
                 "key_id": r.id,
                 "prefix": display_prefix(r.id),
@@ -317,21 +336,7 @@ def keys_list(
                 "revoked_at": r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else None,
             }
             for r in rows
-        ]
-        if as_json:
-            typer.echo(json.dumps(items))
-            return
-        table = Table("key id", "prefix", "tenant", "name", "created", "revoked")
-        for i in items:
-            table.add_row(
-                i["key_id"],
-                i["prefix"],
-                i["tenant"],
-                i["name"] or "",
-                i["created_at"],
-                i["revoked_at"] or "",
-            )
-        Console().print(table)
+        ])  # fmt: skip
 
     _with_db(config, action)
 

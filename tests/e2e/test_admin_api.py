@@ -253,6 +253,8 @@ def test_the_cli_drives_a_running_gateway_with_url(
     assert "remote" in [t["name"] for t in listed]
     key = json.loads(gateway.cli("keys", "create", "--tenant", "remote", *remote, "--json"))
     assert chat_ok(gateway, key["key"])
+    keys = json.loads(gateway.cli("keys", "list", "--tenant", "remote", *remote, "--json"))
+    assert [k["key_id"] for k in keys] == [key["key_id"]]
     gateway.cli("keys", "revoke", key["key_id"], *remote)
     assert not chat_ok(gateway, key["key"])  # this instance forgot it at once
     entries = admin.get("/admin/v1/audit", params={"target": "remote"}).json()["data"]
