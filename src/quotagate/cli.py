@@ -503,3 +503,10 @@ def ledger_reconcile(
 
 def main() -> None:
     app()
+
+
+# Identity commands live in their own module, which imports the helpers above.
+from quotagate.cli_identity import clients_app, oauth_app  # noqa: E402
+
+app.add_typer(clients_app, name="clients")
+app.add_typer(oauth_app, name="oauth")

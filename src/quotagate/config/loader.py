@@ -65,6 +65,12 @@ def _cross_check(policy: Policy) -> list[str]:
         for i, model in enumerate(plan.models):
             if model != "*" and model not in policy.models:
                 problems.append(f"plans.{plan_name}.models[{i}]: unknown model {model!r}")
+    for path, route in policy.routes.items():
+        if route.model not in policy.models:
+            problems.append(f"routes.{path}.model: unknown model {route.model!r}")
+    for i, issuer in enumerate(policy.auth.jwt):
+        if issuer.default_plan is not None and issuer.default_plan not in policy.plans:
+            problems.append(f"auth.jwt[{i}].default_plan: unknown plan {issuer.default_plan!r}")
     return problems
 
 
