@@ -222,10 +222,12 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
         for path, (name, upstream, generates) in proxied.items()
     }
     for path, alias in gw.snapshot.policy.routes.items():
-        endpoints[path] = Endpoint(
-            "chat.completions", "POST", proxy, "/chat/completions", True, alias.model,
-            alias.mode == "force",
-        )  # fmt: skip
+        # The alias itself, and under it the SDKs' own path (base_url=.../v1/gpt4).
+        for served in (path, path.rstrip("/") + "/chat/completions"):
+            endpoints[served] = Endpoint(
+                "chat.completions", "POST", proxy, "/chat/completions", True, alias.model,
+                alias.mode == "force",
+            )  # fmt: skip
     endpoints["/v1/models"] = Endpoint("models", "GET", Pipeline([authenticate, ListModels(gw)]))
     if (oauth := gw.identity.oauth) is not None:
         endpoints["/oauth/token"] = Endpoint(
