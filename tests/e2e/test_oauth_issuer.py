@@ -172,9 +172,9 @@ def test_a_forged_token_from_the_issuers_own_format_is_refused(
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["plan"] = "enterprise"
     forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    with sdk(gateway, f"{header}.{forged_payload}.{signature}") as sdk_client:
-        with pytest.raises(openai.AuthenticationError) as err:
-            sdk_client.chat.completions.create(model="gpt-4", messages=messages("x"))
+    forged = f"{header}.{forged_payload}.{signature}"
+    with sdk(gateway, forged) as sdk_client, pytest.raises(openai.AuthenticationError) as err:
+        sdk_client.chat.completions.create(model="gpt-4", messages=messages("x"))
     assert_sdk_error(err.value, 401, "invalid_api_key")
 
 
