@@ -420,7 +420,9 @@ class Policy(Frozen):
     def _route_paths(cls, value: dict[str, RouteAlias]) -> dict[str, RouteAlias]:
         for path in value:
             if not path.startswith("/") or path in RESERVED_PATHS:
-                raise ValueError(f"route {path!r}: expected a path of its own starting with /")
+                raise ValueError(
+                    f"route {path!r}: must start with / and not be a path of the gateway's own"
+                )
         return value
 
     @model_validator(mode="after")
