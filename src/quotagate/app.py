@@ -145,7 +145,7 @@ class Gateway:
     def reload(self, policy: Policy) -> None:
         """Swap in a new policy; listener, store and database changes need a restart."""
         old = self.snapshot.policy
-        for part in ("server", "store", "database"):
+        for part in ("server", "store", "database", "routes"):
             if getattr(old, part) != getattr(policy, part):
                 log.warning("policy reload: changes to %r take effect on restart", part)
         if (old.auth.jwt, old.auth.oauth_issuer) != (policy.auth.jwt, policy.auth.oauth_issuer):

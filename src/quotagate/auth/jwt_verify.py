@@ -102,7 +102,8 @@ class JwtVerifier:
                 f"The bearer token is larger than {self.max_token_bytes} bytes (refused unread)."
             )
         header, unverified = _unverified_parts(token)
-        issuer = self.issuers.get(unverified.get("iss"))  # type: ignore[arg-type]
+        iss = unverified.get("iss")
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise InvalidToken("The token's issuer is not trusted by this gateway.")
         alg, kid = _check_header(header, issuer)
