@@ -91,4 +91,4 @@ async def test_migrations_match_the_schema_and_rerun_cleanly(db: Database) -> No
 
     async with db.engine.connect() as conn:
         diff, revision = await conn.run_sync(check)
-    assert diff == [] and revision == "0002"
+    assert diff == [] and revision == "0003"
