@@ -47,6 +47,12 @@ def fits(jwk: dict[str, Any], alg: str) -> bool:
     return jwk.get("alg") in (None, alg) and jwk.get("use") in (None, "sig")
 
 
+def _weak(jwk: dict[str, Any]) -> bool:
+    """An RSA key under 2048 bits (RFC 7518 §3.3): refused, not warned about per token."""
+    modulus = jwk.get("n")
+    return jwk.get("kty") == "RSA" and (not isinstance(modulus, str) or len(modulus) < 342)
+
+
 def parse_key_set(document: object) -> dict[str, dict[str, Any]]:
     """The usable public keys of a JWKS document by kid; raises ValueError when there
     is none (an empty or broken set never replaces a good one)."""
@@ -58,7 +64,7 @@ def parse_key_set(document: object) -> dict[str, dict[str, Any]]:
             log.warning("JWKS: refused a symmetric or private key")
             continue
         kid = jwk.get("kid")
-        if not isinstance(kid, str) or not any(fits(jwk, alg) for alg in _FAMILY):
+        if not isinstance(kid, str) or not any(fits(jwk, alg) for alg in _FAMILY) or _weak(jwk):
             continue
         keys[kid] = jwk
     if not keys:

@@ -59,6 +59,9 @@ class SigningKeys:
         self._clock = clock
         self._keys: list[SigningKey] = []  # oldest first
         self._mtime = -1
+        # The published set, rebuilt only when the files or the expired keys change:
+        # every token with an unknown kid for the built-in issuer reads it.
+        self._published: tuple[object, dict[str, Any]] = (None, {"keys": []})
 
     def ensure(self) -> None:
         """Create the first key when there is none (the embedded default needs no setup)."""
@@ -85,8 +88,11 @@ class SigningKeys:
     def jwks(self) -> dict[str, Any]:
         """The public keys of every key whose tokens may still be valid."""
         self.reload()
-        expired = {k.kid for k in self._expired()}
-        return {"keys": [k.public_jwk(self.alg) for k in self._keys if k.kid not in expired]}
+        expired = frozenset(k.kid for k in self._expired())
+        if self._published[0] != (self._mtime, expired):
+            keys = [k.public_jwk(self.alg) for k in self._keys if k.kid not in expired]
+            self._published = ((self._mtime, expired), {"keys": keys})
+        return self._published[1]
 
     def _expired(self) -> list[SigningKey]:
         now = self._clock()

@@ -128,3 +128,8 @@ async def test_a_token_without_kid_uses_the_one_key_of_its_family() -> None:
     assert await jwks.key(None, "ES256") is not None
     jwks2 = cache(Source({"keys": [RSA_JWK, {**RSA_JWK, "kid": "r2"}]}), Clock())
     assert await jwks2.key(None, "RS256") is None  # two candidates: ambiguous
+
+
+def test_rsa_keys_under_2048_bits_are_refused() -> None:
+    weak = json.loads(RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 1024).public_key()))
+    assert set(parse_key_set({"keys": [{**weak, "kid": "weak"}, RSA_JWK]})) == {"r1"}
