@@ -209,11 +209,19 @@ def test_jku_and_x5u_are_never_fetched(
     assert idp.count("/attacker/jwks") == 0
 
 
-def test_an_embedded_jwk_is_never_used(
-    http: httpx.Client, mock: MockUpstream, idp: FakeIdp
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("jwk", public_jwk(ATTACKER, "rsa-1")),
+        ("x5c", ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"]),
+        ("crit", ["b64"]),
+    ],
+)
+def test_embedded_keys_and_critical_extensions_are_refused(
+    http: httpx.Client, mock: MockUpstream, idp: FakeIdp, header: str, value: Any
 ) -> None:
-    token = sign(ATTACKER, "evil", "RS256", good(idp), jwk=public_jwk(ATTACKER, "evil"))
-    assert_refused(http, mock, token, "jwk")
+    token = sign(ATTACKER, "rsa-1", "RS256", good(idp), **{header: value})
+    assert_refused(http, mock, token, header)
 
 
 def test_a_key_the_issuer_never_published_is_refused(

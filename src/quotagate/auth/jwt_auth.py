@@ -28,7 +28,7 @@ from quotagate.errors import PermissionDenied, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 _MAX_TENANTS = 10_000
-_MAX_TOKENS = 100_000
+_MAX_TOKENS = 10_000  # full tokens as keys: ~10 MB at most
 _MAX_NAME = 200
 
 
