@@ -178,6 +178,33 @@ def test_a_forged_token_from_the_issuers_own_format_is_refused(
     assert_sdk_error(err.value, 401, "invalid_api_key")
 
 
+def test_another_gateway_trusts_this_issuer_through_discovery(
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: str,
+    gateway: Gateway,
+    http: httpx.Client,
+    client: tuple[str, str],
+) -> None:
+    """The issuer's discovery document and key set are what a standard OIDC consumer needs:
+    a second gateway, configured with discovery only, accepts its tokens."""
+    trusting = {
+        "issuer": gateway.base_url,
+        "audience": "quotagate",
+        "discovery": True,
+        "algorithms": ["ES256"],
+        "claims": {"tenant": "tenant", "plan": "plan"},
+    }
+    other = Gateway(
+        tmp_path_factory.mktemp("relying"), policy(upstream, auth={"jwt": [trusting]})
+    ).start()
+    try:
+        token = token_request(http, FORM, auth=client).json()["access_token"]
+        with sdk(other, token) as sdk_client:
+            assert sdk_client.chat.completions.create(model="gpt-3.5-turbo", messages=messages("x"))
+    finally:
+        other.stop()
+
+
 # Last in the module: what the tests above issued must be nowhere at rest.
 
 
