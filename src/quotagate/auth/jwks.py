@@ -66,6 +66,11 @@ def parse_key_set(document: object) -> dict[str, dict[str, Any]]:
         kid = jwk.get("kid")
         if not isinstance(kid, str) or not any(fits(jwk, alg) for alg in _FAMILY) or _weak(jwk):
             continue
+        try:
+            jwt.PyJWK(jwk)  # parses: a key that cannot be loaded is dropped here, not per token
+        except jwt.PyJWTError:
+            log.warning("JWKS: dropped key %r that does not parse", kid[:64])
+            continue
         keys[kid] = jwk
     if not keys:
         raise ValueError("the key set has no usable public key")
@@ -91,7 +96,6 @@ class JwksCache:
         self._loaded_at: float | None = None
         self._tried_at = -cooldown
         self._inflight: asyncio.Task[None] | None = None
-        self.fetches = 0
 
     async def key(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         """The key for ``kid`` bound to ``alg``, or None when the set has no such key."""
@@ -137,7 +141,6 @@ class JwksCache:
         self._inflight = None
 
     async def _fetch(self) -> None:
-        self.fetches += 1
         try:
             keys = parse_key_set(await self._source())
         except Exception as exc:  # the IdP's failures vary; all mean "keep what we have"

@@ -1,4 +1,4 @@
-"""Verify a bearer JWT from a trusted issuer: size, shape, header, issuer, algorithm,
+"""Verify a bearer JWT from a trusted issuer: size, shape, issuer, headers, algorithm,
 key, signature, then the registered claims, in that order (cheapest and most
 attacker-controlled first).
 

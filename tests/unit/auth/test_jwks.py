@@ -133,3 +133,8 @@ async def test_a_token_without_kid_uses_the_one_key_of_its_family() -> None:
 def test_rsa_keys_under_2048_bits_are_refused() -> None:
     weak = json.loads(RSAAlgorithm.to_jwk(rsa.generate_private_key(65537, 1024).public_key()))
     assert set(parse_key_set({"keys": [{**weak, "kid": "weak"}, RSA_JWK]})) == {"r1"}
+
+
+def test_keys_that_do_not_parse_are_dropped() -> None:
+    broken = {**EC_JWK, "kid": "bad", "x": "AAAA"}  # not a point on the curve
+    assert set(parse_key_set({"keys": [broken, RSA_JWK]})) == {"r1"}
