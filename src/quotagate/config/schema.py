@@ -419,7 +419,9 @@ class Policy(Frozen):
     @classmethod
     def _route_paths(cls, value: dict[str, RouteAlias]) -> dict[str, RouteAlias]:
         for path in value:
-            if not path.startswith("/") or path in RESERVED_PATHS:
+            # An alias also serves <alias>/chat/completions (an SDK's base_url).
+            served = {path, path.rstrip("/") + "/chat/completions"}
+            if not path.startswith("/") or served & RESERVED_PATHS:
                 raise ValueError(
                     f"route {path!r}: must start with / and not be a path of the gateway's own"
                 )
