@@ -103,6 +103,8 @@ class SigningKeys:
         ]
 
     def reload(self) -> None:
+        # Synchronous on purpose: one stat() per call (a few µs); the few small files are
+        # read only after a rotation changed the directory.
         try:
             mtime = self.directory.stat().st_mtime_ns
         except FileNotFoundError:
