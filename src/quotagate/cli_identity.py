@@ -102,6 +102,8 @@ def oauth_rotate_key(config: ConfigOpt = None) -> None:
 
     settings = Settings.from_env(config)
     issuer = _policy(settings).auth.oauth_issuer
+    if not issuer.enabled:
+        err.print("[yellow]note:[/yellow] auth.oauth_issuer is not enabled in this policy")
     keys = SigningKeys(settings.data_dir / "oauth-keys", issuer.algorithm, issuer.token_ttl)
     key = keys.rotate()
     published = [k["kid"] for k in keys.jwks()["keys"]]
