@@ -84,7 +84,8 @@ def clients_list(
 
 @clients_app.command("revoke")
 def clients_revoke(client_id: str, config: ConfigOpt = None) -> None:
-    """Revoke a client: it gets no new tokens (those issued stay valid until they expire)."""
+    """Revoke a client: no new tokens; running gateways refuse its tokens within
+    auth.key_cache_ttl."""
 
     async def action(db: Database, _: Policy, __: Settings) -> None:
         if not await db.revoke_client(client_id):

@@ -13,7 +13,7 @@ import httpx
 import jwt
 import openai
 import pytest
-from e2e_clients import TIMEOUT, assert_sdk_error, messages, sdk
+from e2e_clients import TIMEOUT, assert_sdk_error, messages, poll_until_raises, sdk
 
 from harness import Gateway, policy
 
@@ -128,11 +128,25 @@ def test_a_client_plan_overrides_the_tenants(gateway: Gateway, http: httpx.Clien
         assert sdk_client.chat.completions.create(model="gpt-4", messages=messages("hi"))
 
 
-def test_a_revoked_client_gets_no_token(gateway: Gateway, http: httpx.Client) -> None:
+def test_a_revoked_client_gets_no_token_and_its_tokens_stop_working(
+    gateway: Gateway, http: httpx.Client
+) -> None:
     revoked = new_client(gateway)
-    assert token_request(http, FORM, auth=revoked).status_code == 200
-    gateway.cli("clients", "revoke", revoked[0])
-    assert_oauth_error(token_request(http, FORM, auth=revoked), 401, "invalid_client")
+    token = token_request(http, FORM, auth=revoked).json()["access_token"]
+    with sdk(gateway, token) as sdk_client:
+        assert sdk_client.chat.completions.create(model="gpt-3.5-turbo", messages=messages("x"))
+        gateway.cli("clients", "revoke", revoked[0])
+        assert_oauth_error(token_request(http, FORM, auth=revoked), 401, "invalid_client")
+        # The policy caches verified tokens for 200ms: refusal follows well within 3s.
+        refused = poll_until_raises(
+            lambda: sdk_client.chat.completions.create(
+                model="gpt-3.5-turbo", messages=messages("x")
+            ),
+            openai.AuthenticationError,
+            within=3.0,
+        )
+    assert isinstance(refused, openai.AuthenticationError)
+    assert "revoked" in assert_sdk_error(refused, 401, "invalid_api_key")["message"]
     listed = json.loads(gateway.cli("clients", "list", "--tenant", "acme", "--json"))
     assert [c["revoked_at"] is not None for c in listed if c["client_id"] == revoked[0]] == [True]
 

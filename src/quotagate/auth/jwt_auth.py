@@ -93,6 +93,7 @@ class JwtAuthenticator:
         self._clock = clock
         self._wall_clock = wall_clock
         self._tenants: dict[str, _Tenant] = {}
+        self._clients: dict[str, tuple[bool, float]] = {}  # client id → (active, until)
         self._verified: dict[str, _Verified] = {}
 
     async def authenticate(self, token: str, plans: Collection[str]) -> Principal:
@@ -114,8 +115,8 @@ class JwtAuthenticator:
         tenant_name = _text(claim_at(claims, paths.tenant), f"tenant ({paths.tenant!r})")
         subject = _text(claims.get("sub") or claim_at(claims, paths.user), "sub")
         tenant = await self._tenant(tenant_name)
-        if tenant.row is None and issuer.builtin:
-            raise InvalidToken("The token's tenant does not exist.")
+        if issuer.builtin:
+            await self._check_client(subject, tenant)
         if tenant.row is not None and tenant.row.status != "active":
             raise InvalidToken("The token's tenant is suspended.")
         user = claim_at(claims, paths.user)
@@ -129,6 +130,27 @@ class JwtAuthenticator:
             tenant.grants,
             _scopes(claim_at(claims, paths.scopes)) if paths.scopes else (),
         )
+
+    async def _check_client(self, client_id: str, tenant: _Tenant) -> None:
+        """A built-in token's client must still exist, unrevoked: revoking a client
+        refuses its tokens within the cache TTL, as revoking an API key does."""
+        if tenant.row is None:
+            raise InvalidToken("The token's tenant does not exist.")
+        cached = self._clients.get(client_id)
+        if cached is None or cached[1] < self._clock():
+            try:
+                row = await self._db.find_client(client_id)
+            except Exception as exc:  # the driver's errors vary; all mean "cannot check now"
+                log.warning("client lookup failed: %s", type(exc).__name__)
+                raise ServiceUnavailable("Cannot verify the token's client right now.") from exc
+            if len(self._clients) >= _MAX_TENANTS:
+                self._clients.clear()
+            cached = self._clients[client_id] = (
+                row is not None and row.revoked_at is None and row.tenant_id == tenant.row.id,
+                self._clock() + self.ttl,
+            )
+        if not cached[0]:
+            raise InvalidToken("The token's OAuth client has been revoked.")
 
     async def _tenant(self, name: str) -> _Tenant:
         cached = self._tenants.get(name)
