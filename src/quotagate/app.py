@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from quotagate.auth.api_keys import KeyAuthenticator
+from quotagate.auth.identity import Identity
 from quotagate.auth.invalidation import Invalidation
 from quotagate.budget.alerts import AlertSender
 from quotagate.budget.idempotency import Idempotency
@@ -42,6 +43,7 @@ from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.endpoints import Healthz, ListModels, Metrics
 from quotagate.pipeline.forward import Forward
 from quotagate.pipeline.limit import Limit
+from quotagate.pipeline.oauth import DiscoveryEndpoint, JwksEndpoint, TokenEndpoint
 from quotagate.pipeline.parse import Parse
 from quotagate.pipeline.responses import send_error, send_json
 from quotagate.pipeline.route import Route
@@ -63,6 +65,8 @@ class Endpoint:
     pipeline: Pipeline
     upstream_path: str = ""
     generates: bool = False  # produces completion tokens: max_tokens applies
+    model: str | None = None  # a route alias's model (routes: in the policy)
+    force_model: bool = True  # it replaces the client's model; else fills in a missing one
 
 
 def open_store(config: StoreConfig) -> LimitStore:
@@ -92,6 +96,7 @@ class Gateway:
         self.db = Database(policy.database.url, policy.database.schema_name)
         self.keys = KeyAuthenticator(self.db, settings.server_secret(), policy.auth.key_cache_ttl)
         self.invalidation = Invalidation(policy.store.url, policy.store.prefix, self.keys.forget)
+        self.identity = Identity(policy, settings, self.db)
         self.session: aiohttp.ClientSession | None = None
         accounting = policy.accounting
         self.ledger: LedgerWriter | None = None
@@ -108,6 +113,7 @@ class Gateway:
     async def start(self) -> None:
         await self.db.create_schema()
         await self.engine.start()
+        await self.identity.start()
         self.session = new_session()
         if self.ledger is not None:
             await self.ledger.start()
@@ -137,16 +143,21 @@ class Gateway:
         if self.session is not None:
             await self.session.close()
         await self.store.close()
+        await self.identity.stop()
         await self.db.close()
 
     def reload(self, policy: Policy) -> None:
         """Swap in a new policy; listener, store and database changes need a restart."""
         old = self.snapshot.policy
-        for part in ("server", "store", "database"):
+        for part in ("server", "store", "database", "routes"):
             if getattr(old, part) != getattr(policy, part):
                 log.warning("policy reload: changes to %r take effect on restart", part)
+        if (old.auth.jwt, old.auth.oauth_issuer) != (policy.auth.jwt, policy.auth.oauth_issuer):
+            log.warning("policy reload: changes to JWT issuers take effect on restart")
         self.snapshot = Snapshot.compile(policy)
         self.keys.ttl = policy.auth.key_cache_ttl
+        if self.identity.jwt is not None:
+            self.identity.jwt.ttl = policy.auth.key_cache_ttl
 
     def reload_from_file(self) -> bool:
         """SIGHUP: re-read the policy file; a bad file is refused and the last good
@@ -193,7 +204,7 @@ class Readyz:
 
 
 def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
-    authenticate = Authenticate(gw, gw.keys)
+    authenticate = Authenticate(gw, gw.keys, gw.identity.jwt)
     idempotency = Idempotency(gw.engine, gw)
     stages: list[Stage] = [
         authenticate,
@@ -214,7 +225,24 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
         path: Endpoint(name, "POST", proxy, upstream, generates)
         for path, (name, upstream, generates) in proxied.items()
     }
+    for path, alias in gw.snapshot.policy.routes.items():
+        # The alias itself, and under it the SDKs' own path (base_url=.../v1/gpt4).
+        for served in (path, path.rstrip("/") + "/chat/completions"):
+            endpoints[served] = Endpoint(
+                "chat.completions", "POST", proxy, "/chat/completions", True, alias.model,
+                alias.mode == "force",
+            )  # fmt: skip
     endpoints["/v1/models"] = Endpoint("models", "GET", Pipeline([authenticate, ListModels(gw)]))
+    if (oauth := gw.identity.oauth) is not None:
+        endpoints["/oauth/token"] = Endpoint(
+            "oauth_token", "POST", Pipeline([TokenEndpoint(oauth)])
+        )
+        endpoints["/.well-known/jwks.json"] = Endpoint(
+            "oauth_jwks", "GET", Pipeline([JwksEndpoint(oauth)])
+        )
+        endpoints["/.well-known/openid-configuration"] = Endpoint(
+            "oauth_discovery", "GET", Pipeline([DiscoveryEndpoint(oauth)])
+        )
     endpoints["/healthz"] = Endpoint("healthz", "GET", Pipeline([Healthz()]))
     endpoints["/readyz"] = Endpoint("readyz", "GET", Pipeline([Readyz(gw)]))
     endpoints["/metrics"] = Endpoint("metrics", "GET", Pipeline([Metrics()]))

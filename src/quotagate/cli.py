@@ -637,3 +637,10 @@ def tokenizer_seed(
 
 def main() -> None:
     app()
+
+
+# Identity commands live in their own module, which imports the helpers above.
+from quotagate.cli_identity import clients_app, oauth_app  # noqa: E402
+
+app.add_typer(clients_app, name="clients")
+app.add_typer(oauth_app, name="oauth")

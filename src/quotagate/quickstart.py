@@ -53,6 +53,10 @@ client = OpenAI(base_url="{base_url}/v1", api_key="{key}")
 print(client.chat.completions.create(model="gpt-3.5-turbo",
       messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
 
+[bold]JWT instead of a key[/bold] (the built-in OAuth2 issuer, docs/identity.md)
+quotagate clients create --tenant {TENANT} --json
+curl -u CLIENT_ID:CLIENT_SECRET -d grant_type=client_credentials {base_url}/oauth/token
+
 Ctrl-C stops the gateway and the mock LLM."""
 
 

@@ -33,7 +33,7 @@ class _Entry:
 def _principal(row: KeyRow, grants: dict[str, Grant] | None) -> Principal:
     return Principal(
         row.tenant_id, row.tenant_name, row.id, row.user_id or row.id, row.plan,
-        (row.timezone, row.billing_day), grants, row.bypass_limits,
+        (row.timezone, row.billing_day), grants, bypass=row.bypass_limits,
     )  # fmt: skip
 
 

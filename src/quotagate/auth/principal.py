@@ -20,9 +20,10 @@ class Grant(NamedTuple):
 class Principal:
     tenant_id: str
     tenant_name: str
-    key_id: str
+    key_id: str  # an API key's id, an OAuth client's id, or a JWT subject's digest
     user: str  # the key's user, or the key id when the key names none
     plan: str
     zone: tuple[str, int] = ("UTC", 1)  # the tenant's time zone and billing day
     grants: dict[str, Grant] | None = None  # by resource: "budget", "tokens", "rate"
+    scopes: tuple[str, ...] = ()  # a JWT's scopes (API keys carry none)
     bypass: bool = False  # an emergency bypass: no limit, quota or budget applies

@@ -70,6 +70,12 @@ def _cross_check(policy: Policy) -> list[str]:
         estimator_of(policy)
     except EstimatorUnavailable as exc:
         problems.append(f"accounting.estimator: {exc}")
+    for path, route in policy.routes.items():
+        if route.model not in policy.models:
+            problems.append(f"routes.{path}.model: unknown model {route.model!r}")
+    for i, issuer in enumerate(policy.auth.jwt):
+        if issuer.default_plan is not None and issuer.default_plan not in policy.plans:
+            problems.append(f"auth.jwt[{i}].default_plan: unknown plan {issuer.default_plan!r}")
     return problems
 
 

@@ -14,6 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validato
 from quotagate.config.durations import Duration, Per
 
 SCOPES = ("global", "ip", "tenant", "key", "user", "model", "route")
+# The gateway's own paths: a route alias cannot take one.
+RESERVED_PATHS = frozenset(
+    {
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz",
+        "/readyz", "/metrics", "/oauth/token", "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+    }
+)  # fmt: skip
 
 
 class Frozen(BaseModel):
@@ -87,10 +95,120 @@ class DatabaseConfig(Frozen):
         return value
 
 
+ASYMMETRIC_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "EdDSA",
+)
+DEFAULT_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+
+
+class ClaimMap(Frozen):
+    """Where each part of the principal is read from: a claim name or a dotted path
+    into nested claims (``realm_access.roles``)."""
+
+    tenant: str = "tenant"
+    user: str = "sub"
+    plan: str | None = None  # none: the tenant's plan in the database, else default_plan
+    scopes: str | None = "scope"  # a space-separated string or a list
+
+
+class JwtIssuer(Frozen):
+    issuer: str
+    audience: str | list[str] | None = None
+    jwks_url: str | None = None
+    # Read jwks_uri from {issuer}/.well-known/openid-configuration instead.
+    discovery: bool = False
+    algorithms: list[str] = list(DEFAULT_ALGORITHMS)
+    # HS256 only with a shared secret read from this environment variable.
+    hs256_secret_env: str | None = None
+    claims: ClaimMap = ClaimMap()
+    required_claims: list[str] = []  # beyond exp, iss (and aud when audience is set)
+    default_plan: str | None = None  # a token without a plan, for a tenant not in the database
+    leeway: Duration = 30.0  # clock skew allowed on exp / nbf / iat
+    # An unknown kid refetches the key set at most once per cooldown.
+    jwks_cooldown: Duration = 30.0
+    jwks_max_age: Duration = 600.0  # keys are refetched when older than this
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"invalid issuer {value!r}: expected an http(s) URL")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError(f"invalid jwks_url {value!r}: expected an http(s) URL")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        for alg in value:
+            if alg not in (*ASYMMETRIC_ALGORITHMS, "HS256"):
+                raise ValueError(
+                    f"unsupported algorithm {alg!r}: expected some of "
+                    f"{', '.join(ASYMMETRIC_ALGORITHMS)} or HS256"
+                )
+        if not value:
+            raise ValueError("at least one algorithm is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtIssuer:
+        asymmetric = [a for a in self.algorithms if a != "HS256"]
+        if "HS256" in self.algorithms and self.hs256_secret_env is None:
+            raise ValueError("HS256 needs a shared secret: set hs256_secret_env")
+        if self.hs256_secret_env is not None and "HS256" not in self.algorithms:
+            raise ValueError("hs256_secret_env is set but HS256 is not in algorithms")
+        if asymmetric and (self.jwks_url is None) == (not self.discovery):
+            raise ValueError("give exactly one of jwks_url or discovery: true")
+        return self
+
+
+class OAuthIssuerConfig(Frozen):
+    """The built-in OAuth2 issuer (client-credentials grant)."""
+
+    enabled: bool = False
+    token_ttl: Duration = 900.0
+    # The `iss` of its tokens; default: the gateway's own address.
+    issuer: str | None = None
+    audience: str = "quotagate"
+    algorithm: Literal["ES256", "RS256"] = "ES256"
+
+
 class AuthConfig(Frozen):
     # How long a verified key stays cached in-process: the upper bound on how long a
     # revoked key may still be accepted by a running gateway.
     key_cache_ttl: Duration = 5.0
+    jwt: list[JwtIssuer] = []
+    oauth_issuer: OAuthIssuerConfig = OAuthIssuerConfig()
+    # A bearer token longer than this is refused before any parsing or cryptography.
+    max_token_bytes: int = Field(default=8192, ge=512, le=65536)
+
+    @model_validator(mode="after")
+    def _distinct_issuers(self) -> AuthConfig:
+        names = [i.issuer for i in self.jwt]
+        if len(set(names)) != len(names):
+            raise ValueError("two jwt issuers with the same issuer")
+        return self
+
+
+class RouteAlias(Frozen):
+    """A path that is a chat completion for one model (``/v1/gpt4``)."""
+
+    model: str
+    # force: the route's model replaces the client's; default: only fills in a missing one.
+    mode: Literal["force", "default"] = "force"
 
 
 class Price(Frozen):
@@ -313,6 +431,19 @@ class Policy(Frozen):
     global_limits: list[LimitRule] = []
     accounting: AccountingConfig = AccountingConfig()
     mock_llm: EmbeddedMock = EmbeddedMock()
+    routes: dict[str, RouteAlias] = {}
+
+    @field_validator("routes")
+    @classmethod
+    def _route_paths(cls, value: dict[str, RouteAlias]) -> dict[str, RouteAlias]:
+        for path in value:
+            # An alias also serves <alias>/chat/completions (an SDK's base_url).
+            served = {path, path.rstrip("/") + "/chat/completions"}
+            if not path.startswith("/") or served & RESERVED_PATHS:
+                raise ValueError(
+                    f"route {path!r}: must start with / and not be a path of the gateway's own"
+                )
+        return value
 
     @model_validator(mode="after")
     def _models_exist(self) -> Policy:

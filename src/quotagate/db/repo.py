@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from quotagate.auth.keys import generate_key, hash_key
 from quotagate.auth.principal import Grant
 from quotagate.db import migrate
+from quotagate.db.oauth_clients import OAuthClientStore
 from quotagate.db.schema import api_keys, credits, tenants
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -135,7 +136,7 @@ class CreditStore:
         return found
 
 
-class Database(CreditStore):
+class Database(CreditStore, OAuthClientStore):
     def __init__(self, url: str, schema: str | None = None) -> None:
         self.schema = schema
         self.engine = _engine(url, schema)

@@ -1,4 +1,5 @@
-"""Tables (SQLAlchemy 2 Core): tenants, keys, credits, the usage ledger, alert deliveries.
+"""Tables (SQLAlchemy 2 Core): tenants, keys, credits, the usage ledger, alert deliveries,
+OAuth clients.
 
 The Alembic migrations in ``db/migrations`` own the schema; these definitions are what
 the code queries with and must match the newest revision.
@@ -119,6 +120,22 @@ alert_deliveries = Table(
     Column("delivered", Boolean, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_qg_alert_deliveries_alert", "alert_id"),
+)
+
+# Clients of the built-in OAuth2 issuer. The secret is stored like an API key: an
+# HMAC-SHA256 of the whole secret under the server secret, never the secret itself.
+# plan: the plan its tokens carry; none: the tenant's plan when the token is issued.
+oauth_clients = Table(
+    "qg_oauth_clients",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the client_id
+    Column("tenant_id", ForeignKey("qg_tenants.id"), nullable=False),
+    Column("name", String(200), nullable=True),
+    Column("plan", String(100), nullable=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Index("ix_qg_oauth_clients_tenant", "tenant_id"),
 )
 
 # Operators' credentials for the admin API (HMAC-SHA256 with the server secret, like

@@ -50,6 +50,15 @@ def _max_tokens(payload: dict[str, Any]) -> int | None:
     return largest
 
 
+def _apply_alias(ctx: RequestContext, payload: dict[str, Any]) -> None:
+    """A route alias (``/v1/gpt4``): its model replaces the client's, or fills in a
+    missing one; the plan still decides whether it is allowed."""
+    current = payload.get("model")
+    if (ctx.endpoint.force_model or not current) and current != ctx.endpoint.model:
+        payload["model"] = ctx.endpoint.model
+        ctx.payload_changed = True
+
+
 class Parse:
     name = "parse"
 
@@ -64,6 +73,8 @@ class Parse:
             raise BadRequest(f"The request body is not valid JSON: {exc.msg}.") from None
         if not isinstance(payload, dict):
             raise BadRequest("The request body must be a JSON object.")
+        if ctx.endpoint.model is not None:
+            _apply_alias(ctx, payload)
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("You must provide a model parameter.", param="model")
