@@ -21,7 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from quotagate.admin.repo import AdminRepo, key_json, tenant_json
+from quotagate.admin.repo import TOKEN_PREFIX, AdminRepo, key_json, tenant_json
+from quotagate.auth.jwt_auth import claim_at, scopes_of
 from quotagate.budget.credits import (
     MAX_RATE_FACTOR,
     RATE_PERMILLE,
@@ -31,6 +32,7 @@ from quotagate.budget.credits import (
 )
 from quotagate.budget.usage_report import format_rows, usage_report, with_tenant_name
 from quotagate.db.repo import DatabaseError
+from quotagate.errors import GatewayError
 
 if TYPE_CHECKING:
     from quotagate.app import Gateway
@@ -145,10 +147,27 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
             hashlib.sha256(token.encode()).digest(), bootstrap_digest
         ):
             return "bootstrap"
-        name = await repo.token_name(token)
-        if name is None:
+        if token.startswith(TOKEN_PREFIX):
+            name = await repo.token_name(token)
+            if name is None:
+                raise AdminFailure(401, "Incorrect admin token.", "invalid_admin_token")
+            return name
+        return await jwt_actor(token)
+
+    async def jwt_actor(token: str) -> str:
+        """An operator's JWT: any trusted issuer, with the configured admin scope."""
+        scope = gateway.snapshot.policy.admin.jwt_scope
+        jwt = gateway.identity.jwt
+        if scope is None or jwt is None or token.count(".") != 2:
             raise AdminFailure(401, "Incorrect admin token.", "invalid_admin_token")
-        return name
+        try:
+            issuer, claims = await jwt.verifier.verify(token)
+        except GatewayError as exc:
+            raise AdminFailure(401, exc.message, "invalid_admin_token") from None
+        path = issuer.claims.scopes or "scope"
+        if scope not in scopes_of(claim_at(claims, path)):
+            raise AdminFailure(403, f"The token lacks the {scope!r} scope.", "insufficient_scope")
+        return f"jwt:{claims.get('sub')}@{issuer.issuer}"
 
     Actor = Annotated[str, Depends(actor)]
 

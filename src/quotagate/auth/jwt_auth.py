@@ -57,7 +57,7 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _scopes(value: Any) -> tuple[str, ...]:
+def scopes_of(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(value.split())
     if isinstance(value, list):
@@ -128,7 +128,7 @@ class JwtAuthenticator:
             _plan(claims, issuer, tenant.row, plans),
             (tenant.row.timezone, tenant.row.billing_day) if tenant.row else ("UTC", 1),
             tenant.grants,
-            _scopes(claim_at(claims, paths.scopes)) if paths.scopes else (),
+            scopes_of(claim_at(claims, paths.scopes)) if paths.scopes else (),
         )
 
     async def _check_client(self, client_id: str, tenant: _Tenant) -> None:

@@ -417,6 +417,9 @@ class AdminConfig(Frozen):
     # The admin API's own listener: keep it on loopback or a private network.
     enabled: bool = True
     listen: str = "127.0.0.1:8081"
+    # A JWT from a trusted issuer (auth.jwt, or the built-in one) opens the admin API
+    # when its scopes include this one; null: admin tokens only.
+    jwt_scope: str | None = "quotagate:admin"
     _listen = field_validator("listen")(_check_listen)
 
 
