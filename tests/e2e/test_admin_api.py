@@ -31,6 +31,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator
         "limits": [{"scope": "key", "requests": HOURLY, "per": "1h"}],
         "quotas": [{"scope": "tenant", "requests": DAILY, "per": "day"}],
     }
+    doc["auth"] = {"key_cache_ttl": "200ms", "oauth_issuer": {"enabled": True}}
     gw = Gateway(tmp_path_factory.mktemp("admin"), doc).start()
     yield gw
     gw.stop()
@@ -261,3 +262,27 @@ def test_the_cli_drives_a_running_gateway_with_url(
     assert [e["actor"] for e in entries] == ["token:ops"]  # made through the API
     with pytest.raises(RuntimeError, match="Incorrect admin token"):
         gateway.cli("tenants", "list", "--url", gateway.admin_url, "--token", "qga-bad")
+
+
+def test_oauth_clients_are_managed_through_the_admin_api(
+    gateway: Gateway, admin: httpx.Client
+) -> None:
+    admin.post("/admin/v1/tenants", json={"name": "machine", "plan": "pro"})
+    made = admin.post("/admin/v1/oauth-clients", json={"tenant": "machine", "name": "batch"})
+    assert made.status_code == 201, made.text
+    client = made.json()
+    form = {"grant_type": "client_credentials", "client_id": client["client_id"],
+            "client_secret": client["client_secret"]}  # fmt: skip
+    issued = httpx.post(gateway.base_url + "/oauth/token", data=form, timeout=10)
+    assert issued.status_code == 200, issued.text
+    assert chat_ok(gateway, issued.json()["access_token"])
+    listed = admin.get("/admin/v1/oauth-clients", params={"tenant": "machine"}).json()["data"]
+    assert [c["client_id"] for c in listed] == [client["client_id"]]
+    assert client["client_secret"] not in json.dumps(listed)
+    revoked = admin.post(f"/admin/v1/oauth-clients/{client['client_id']}/revoke")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    refused = httpx.post(gateway.base_url + "/oauth/token", data=form, timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    entries = admin.get("/admin/v1/audit", params={"target": client["client_id"]}).json()
+    assert [e["action"] for e in entries["data"]] == ["oauth_client.revoke", "oauth_client.create"]
+    assert client["client_secret"] not in json.dumps(entries)

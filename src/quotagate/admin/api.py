@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from quotagate.admin.repo import TOKEN_PREFIX, AdminRepo, key_json, tenant_json
+from quotagate.admin.repo import TOKEN_PREFIX, AdminRepo, client_json, key_json, tenant_json
 from quotagate.auth.jwt_auth import claim_at, scopes_of
 from quotagate.budget.credits import (
     MAX_RATE_FACTOR,
@@ -65,6 +65,12 @@ class KeyCreate(_Body):
 
 class KeyRotate(_Body):
     overlap_seconds: float = Field(default=3600, ge=0, le=30 * 86400)
+
+
+class ClientCreate(_Body):
+    tenant: str = Field(min_length=1, max_length=200)
+    plan: str | None = Field(default=None, min_length=1, max_length=100)
+    name: str | None = Field(default=None, max_length=200)
 
 
 class KeyBypass(_Body):
@@ -255,6 +261,25 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
         await repo.audit(who, "rate.raise", body.tenant, None, credit_json(row))
         await forget_keys(tenant=body.tenant)
         return credit_json(row)
+
+    # --- OAuth clients -------------------------------------------------------------------
+
+    @app.get("/admin/v1/oauth-clients", tags=["oauth clients"])
+    async def list_clients(
+        _: Actor, tenant: Annotated[str | None, Query(max_length=200)] = None
+    ) -> dict[str, Any]:
+        return {"data": [client_json(c) for c in await gateway.db.list_clients(tenant)]}
+
+    @app.post("/admin/v1/oauth-clients", status_code=201, tags=["oauth clients"])
+    async def create_client(body: ClientCreate, who: Actor) -> dict[str, Any]:
+        if body.plan is not None:
+            plan_exists(body.plan)
+        row, secret = await repo.create_client(who, body.tenant, body.plan, body.name)
+        return {**client_json(row), "client_secret": secret}  # shown once
+
+    @app.post("/admin/v1/oauth-clients/{client_id}/revoke", tags=["oauth clients"])
+    async def revoke_client(client_id: str, who: Actor) -> dict[str, Any]:
+        return client_json(await repo.revoke_client(who, client_id))
 
     # --- credits and usage -------------------------------------------------------------
 

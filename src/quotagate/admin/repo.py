@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy import select, update
 
+from quotagate.db.oauth_clients import ClientRow
 from quotagate.db.repo import Database, DatabaseError, KeyRow, TenantRow
 from quotagate.db.schema import admin_tokens, api_keys, audit_log, tenants
 
@@ -55,6 +56,13 @@ def key_json(row: KeyRow) -> dict[str, Any]:
 def _iso(moment: datetime | None) -> str | None:
     moment = _utc(moment)
     return moment.isoformat() if moment is not None else None
+
+
+def client_json(row: ClientRow) -> dict[str, Any]:
+    return {
+        "client_id": row.id, "tenant": row.tenant_name, "name": row.name, "plan": row.plan,
+        "created_at": _iso(row.created_at), "revoked_at": _iso(row.revoked_at),
+    }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +214,26 @@ class AdminRepo:
         if row is None:
             raise DatabaseError(f"no key with id {key_id!r}")
         return row
+
+    # --- OAuth clients of the built-in issuer -----------------------------------------
+
+    async def create_client(
+        self, actor: str, tenant: str, plan: str | None, name: str | None
+    ) -> tuple[ClientRow, str]:
+        row = await self.db.get_tenant(tenant)
+        client_id, secret = await self.db.create_client(row.id, self._secret, plan, name)
+        client = await self.db.find_client(client_id)
+        assert client is not None
+        await self.audit(actor, "oauth_client.create", client_id, None, client_json(client))
+        return client, secret
+
+    async def revoke_client(self, actor: str, client_id: str) -> ClientRow:
+        if not await self.db.revoke_client(client_id):
+            raise DatabaseError(f"no active OAuth client with id {client_id!r}")
+        client = await self.db.find_client(client_id)
+        assert client is not None
+        await self.audit(actor, "oauth_client.revoke", client_id, None, client_json(client))
+        return client
 
     # --- audit ---------------------------------------------------------------------
 
