@@ -1,13 +1,15 @@
-"""An operator's JWT opens the admin API when it carries the admin scope; a tenant's
-JWT from the same issuer does not, whatever else it claims."""
+"""Scopes on top of plans: an operator's JWT opens the admin API when it carries the
+admin scope, and a scoped model serves only callers whose JWT carries its scope."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from e2e_clients import messages, sdk
 from idp import AUDIENCE, FakeIdp, claims, sign
 
 from harness import Gateway, policy
@@ -33,6 +35,7 @@ def gateway(
         "claims": {"tenant": "org", "user": "sub", "plan": "plan", "scopes": "scope"},
     }  # fmt: skip
     doc = policy(upstream, auth={"jwt": [issuer]})
+    doc["models"]["gpt-4"]["scope"] = "models:gpt-4"
     gw = Gateway(tmp_path_factory.mktemp("admin-jwt"), doc).start()
     idp.wait_for_fetch("ops", since=0)
     yield gw
@@ -76,3 +79,20 @@ def test_without_the_scope_or_a_valid_signature_it_stays_shut(
     assert tenants(gateway, forged).status_code == 401
     expired = sign(KEY, "k1", "RS256", claims(issuer, sub="alice", scope="quotagate:admin", exp=1))
     assert tenants(gateway, expired).status_code == 401
+
+
+def test_a_scoped_model_needs_its_scope_besides_the_plan(gateway: Gateway, idp: FakeIdp) -> None:
+    issuer = idp.issuer("ops")
+    scoped = sign(KEY, "k1", "RS256", claims(issuer, plan="pro", scope="models:gpt-4"))
+    plain = sign(KEY, "k1", "RS256", claims(issuer, plan="pro", scope="openid"))
+    ask = messages("hi")
+    assert sdk(gateway, scoped).chat.completions.create(model="gpt-4", messages=ask).choices
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        sdk(gateway, plain).chat.completions.create(model="gpt-4", messages=ask)
+    assert refused.value.code == "insufficient_scope"
+    # The same plan without the scope still has its unscoped models.
+    assert sdk(gateway, plain).chat.completions.create(model="gpt-3.5-turbo", messages=ask).choices
+    # An API key carries no scopes: its plan includes gpt-4, the scope keeps it out.
+    key = gateway.tenant_key("keyed", "pro")
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(gateway, key).chat.completions.create(model="gpt-4", messages=ask)

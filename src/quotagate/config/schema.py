@@ -241,6 +241,9 @@ class Deployment(Frozen):
 class Model(Frozen):
     price: Price = Price()
     deployments: list[Deployment] = Field(min_length=1)
+    # A caller needs this scope (a JWT's `scope` claim) on top of a plan that includes
+    # the model; API keys carry no scopes, so a scoped model is for JWT callers only.
+    scope: str | None = Field(default=None, min_length=1, max_length=200)
     # The tiktoken encoding that counts this model's tokens (cl100k_base, o200k_base);
     # default: tiktoken's table for the model's name, else cl100k_base.
     tokenizer: str | None = None

@@ -26,6 +26,13 @@ class Authorize:
                 f"Your plan '{plan.name}' does not include the model '{ctx.model}'.",
                 param="model",
             )
+        scope = self._policy.snapshot.catalog[ctx.model].scope
+        if scope is not None and (ctx.principal is None or scope not in ctx.principal.scopes):
+            raise PermissionDenied(
+                f"The model '{ctx.model}' needs the scope '{scope}'.",
+                code="insufficient_scope",
+                param="model",
+            )
         if plan.max_tokens is not None and ctx.endpoint.generates:
             self._cap_max_tokens(ctx, plan.max_tokens, plan.reject_over_max)
 

@@ -42,6 +42,7 @@ def _target(model: str, index: int, dep: Deployment) -> Target:
 class ModelRoute:
     def __init__(self, name: str, model: Model) -> None:
         self.name = name
+        self.scope = model.scope  # needed by callers on top of their plan
         self.price: Price = model.price
         self.prices = micros_per_1m(model.price)
         self.targets = tuple(_target(name, i, d) for i, d in enumerate(model.deployments))
