@@ -362,6 +362,161 @@ def keys_revoke(
     _with_db(config, action)
 
 
+def _change(
+    url: str | None,
+    token: str | None,
+    remote: tuple[str, str, dict[str, Any] | None],
+    local: Callable[[AdminRepo], Awaitable[tuple[Any, list[str]]]],
+    config: str | None,
+) -> Any:
+    """One admin change: through a running admin API (``--url``), or on the database
+    as the CLI's operator, telling gateways on a shared Redis to forget the keys."""
+    if url:
+        method, path, body = remote
+        return _remote(url, token, method, path, body)
+    from quotagate.auth.invalidation import publish_once
+
+    async def action(db: Database, policy: Policy, settings: Settings) -> Any:
+        result, forget = await local(AdminRepo(db, settings.server_secret()))
+        await publish_once(policy.store.url, policy.store.prefix, forget)
+        return result
+
+    return _with_db(config, action)
+
+
+@tenants_app.command("update")
+def tenants_update(
+    name: str,
+    plan: Annotated[str | None, typer.Option(help="Move the tenant to this plan.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="active, or suspended (the kill switch).")
+    ] = None,
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Change a tenant's plan or status; every instance applies it at once."""
+    if status not in (None, "active", "suspended"):
+        err.print("[red]error:[/red] --status is active or suspended")
+        raise typer.Exit(2)
+
+    async def local(repo: AdminRepo) -> tuple[Any, list[str]]:
+        row = await repo.update_tenant(CLI_ACTOR, name, plan, status)
+        return row, [k.id for k in await repo.db.list_keys(name)]
+
+    body = {k: v for k, v in (("plan", plan), ("status", status)) if v is not None}
+    _change(url, token, ("PATCH", f"/admin/v1/tenants/{quote(name, safe='')}", body), local, config)
+    typer.echo(f"updated tenant {name}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str,
+    overlap: Annotated[str, typer.Option(help="How long the old key keeps working.")] = "1h",
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """A new key for the same tenant, name and user; the old one works for --overlap."""
+    from quotagate.config.durations import parse_duration
+
+    try:
+        seconds = 0.0 if overlap.strip() in ("0", "0s") else parse_duration(overlap)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] --overlap: {exc}")
+        raise typer.Exit(2) from None
+
+    async def local(repo: AdminRepo) -> tuple[Any, list[str]]:
+        row, plaintext = await repo.rotate_key(CLI_ACTOR, key_id, seconds)
+        return {"key_id": row.id, "key": plaintext, "replaces": key_id}, [key_id]
+
+    path = f"/admin/v1/keys/{quote(key_id, safe='')}/rotate"
+    made = _change(url, token, ("POST", path, {"overlap_seconds": seconds}), local, config)
+    if as_json:
+        typer.echo(json.dumps({k: made[k] for k in ("key_id", "key", "replaces")}))
+    else:
+        err.print(f"key {made['key_id']} replaces {key_id} (which works for {overlap} more):")
+        typer.echo(made["key"])
+
+
+@keys_app.command("expire")
+def keys_expire(
+    key_id: str,
+    at: Annotated[str, typer.Option(help="A duration from now (30d) or an ISO date/time.")],
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Set the time a key stops working."""
+    from quotagate.budget.credits import expiry
+
+    try:
+        when = expiry(at)
+    except ValueError:
+        err.print("[red]error:[/red] --at is a duration (30d) or an ISO date/time")
+        raise typer.Exit(2) from None
+
+    async def local(repo: AdminRepo) -> tuple[Any, list[str]]:
+        return await repo.revoke_key(CLI_ACTOR, key_id, when, action="key.expire"), [key_id]
+
+    path = f"/admin/v1/keys/{quote(key_id, safe='')}/expire"
+    _change(url, token, ("POST", path, {"at": at}), local, config)
+    typer.echo(f"key {key_id} expires at {when.isoformat() if when else at}")
+
+
+@keys_app.command("bypass")
+def keys_bypass(
+    key_id: str,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")],
+    on: Annotated[bool, typer.Option("--on/--off", help="Switch the bypass on or off.")] = True,
+    config: ConfigOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Emergency bypass: a critical key skips every limit, quota and budget while on."""
+
+    async def local(repo: AdminRepo) -> tuple[Any, list[str]]:
+        return await repo.set_bypass(CLI_ACTOR, key_id, on, reason), [key_id]
+
+    path = f"/admin/v1/keys/{quote(key_id, safe='')}/bypass"
+    _change(url, token, ("POST", path, {"enabled": on, "reason": reason}), local, config)
+    typer.echo(f"bypass {'ON' if on else 'off'} for key {key_id}")
+
+
+@app.command()
+def audit(
+    target: Annotated[str | None, typer.Option(help="Only changes to this id or name.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action (key.revoke).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """The audit log of admin changes, newest first."""
+    if url:
+        params = {k: v for k, v in (("target", target), ("action", action)) if v}
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+        rows = _remote(url, token, "GET", f"/admin/v1/audit?limit={limit}&{query}")["data"]
+    else:
+
+        async def read(db: Database, _: Policy, settings: Settings) -> list[Any]:
+            entries = await AdminRepo(db, settings.server_secret()).audit_entries(
+                target, action, limit
+            )
+            return [e.as_json() for e in entries]
+
+        rows = _with_db(config, read)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("at", "actor", "action", "target")
+    for r in rows:
+        table.add_row(r["at"], r["actor"], r["action"], r["target"])
+    Console().print(table)
+
+
 @config_app.command("check")
 def config_check(
     file: Annotated[

@@ -7,8 +7,10 @@ the CLI, and its effects are checked on the proxy with the official SDK.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from typing import Any
 
@@ -172,6 +174,27 @@ def test_the_database_holds_no_plaintext_token_or_key(
     assert key not in dump and key.split("_", 1)[1] not in dump
 
 
+def test_a_tenant_key_is_refused_on_every_admin_route(
+    gateway: Gateway, admin: httpx.Client
+) -> None:
+    tenant_key = gateway.tenant_key("prober", "pro")
+    doc = admin.get("/admin/openapi.json").json()
+    tried = 0
+    with httpx.Client(base_url=gateway.admin_url, timeout=10) as client:
+        for path, operations in doc["paths"].items():
+            url = re.sub(r"\{[^}]+\}", "x", path)
+            for method in operations:
+                for headers in (
+                    {"authorization": f"Bearer {tenant_key}"},
+                    {"authorization": f"Basic {tenant_key}"},
+                    {"x-api-key": tenant_key},
+                ):
+                    answer = client.request(method.upper(), url, headers=headers, json={})
+                    assert answer.status_code == 401, (method, path, answer.text)
+                    tried += 1
+    assert tried >= 3 * 15
+
+
 def test_the_openapi_document_describes_every_route(admin: httpx.Client) -> None:
     doc = admin.get("/admin/openapi.json").json()
     assert {
@@ -286,3 +309,32 @@ def test_oauth_clients_are_managed_through_the_admin_api(
     entries = admin.get("/admin/v1/audit", params={"target": client["client_id"]}).json()
     assert [e["action"] for e in entries["data"]] == ["oauth_client.revoke", "oauth_client.create"]
     assert client["client_secret"] not in json.dumps(entries)
+
+
+def until(check: Callable[[], bool], within: float = 5.0) -> bool:
+    """Polls ``check`` (the gateway's key cache TTL here is 200 ms)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # poll interval, not a wait for the outcome
+    return True
+
+
+def test_the_cli_makes_the_same_changes_on_the_database(gateway: Gateway) -> None:
+    gateway.cli("tenants", "create", "shell", "--plan", "hourly")
+    key = json.loads(gateway.cli("keys", "create", "--tenant", "shell", "--json"))
+    gateway.cli("tenants", "update", "shell", "--status", "suspended")
+    assert until(lambda: not chat_ok(gateway, key["key"]))
+    gateway.cli("tenants", "update", "shell", "--status", "active", "--plan", "pro")
+    assert until(lambda: chat_ok(gateway, key["key"]))
+    rotated = json.loads(gateway.cli("keys", "rotate", key["key_id"], "--overlap", "0s", "--json"))
+    assert until(lambda: not chat_ok(gateway, key["key"])) and chat_ok(gateway, rotated["key"])
+    gateway.cli("keys", "bypass", rotated["key_id"], "--on", "--reason", "drill")
+    gateway.cli("keys", "expire", rotated["key_id"], "--at", "1s")
+    assert until(lambda: not chat_ok(gateway, rotated["key"]))
+    trail = json.loads(gateway.cli("audit", "--target", "shell", "--json"))
+    assert [e["action"] for e in trail] == ["tenant.update", "tenant.update", "tenant.create"]
+    trail = json.loads(gateway.cli("audit", "--target", rotated["key_id"], "--json"))
+    assert [e["action"] for e in trail] == ["key.expire", "key.bypass_on", "key.create"]
+    assert all(e["actor"].startswith("cli:") for e in trail)

@@ -63,6 +63,10 @@ class KeyCreate(_Body):
     user: str | None = Field(default=None, max_length=200)
 
 
+class KeyExpire(_Body):
+    at: str = Field(min_length=1, max_length=40)  # "30d", or an ISO date/time
+
+
 class KeyRotate(_Body):
     overlap_seconds: float = Field(default=3600, ge=0, le=30 * 86400)
 
@@ -229,6 +233,18 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
     @app.post("/admin/v1/keys/{key_id}/revoke", tags=["keys"])
     async def revoke_key(key_id: str, who: Actor) -> dict[str, Any]:
         row = await repo.revoke_key(who, key_id)
+        await forget_keys(key_id=key_id)
+        return key_json(row)
+
+    @app.post("/admin/v1/keys/{key_id}/expire", tags=["keys"])
+    async def expire_key(key_id: str, body: KeyExpire, who: Actor) -> dict[str, Any]:
+        """The key stops working at ``at`` (a duration from now, or a date/time)."""
+        try:
+            at = expiry(body.at)
+        except ValueError:
+            message = "at: a duration (30d) or an ISO date/time"
+            raise AdminFailure(422, message, "invalid_request", "at") from None
+        row = await repo.revoke_key(who, key_id, at, action="key.expire")
         await forget_keys(key_id=key_id)
         return key_json(row)
 

@@ -172,8 +172,10 @@ class AdminRepo:
         await self.audit(actor, "key.create", key_id, None, key_json(row))
         return row, plaintext
 
-    async def revoke_key(self, actor: str, key_id: str, at: datetime | None = None) -> KeyRow:
-        """Revoke now, or at ``at`` (a key being rotated keeps working until then)."""
+    async def revoke_key(
+        self, actor: str, key_id: str, at: datetime | None = None, action: str = "key.revoke"
+    ) -> KeyRow:
+        """Revoke now, or at ``at`` (an expiry; a key being rotated works until then)."""
         before = await self._key(key_id)
         if before.revoked_at is not None and _utc(before.revoked_at) <= _now():  # type: ignore[operator]
             raise DatabaseError(f"no active key with id {key_id!r}")
@@ -182,7 +184,7 @@ class AdminRepo:
                 update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=at or _now())
             )
         after = await self._key(key_id)
-        await self.audit(actor, "key.revoke", key_id, key_json(before), key_json(after))
+        await self.audit(actor, action, key_id, key_json(before), key_json(after))
         return after
 
     async def rotate_key(self, actor: str, key_id: str, overlap: float) -> tuple[KeyRow, str]:
