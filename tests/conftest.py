@@ -10,8 +10,19 @@ import pytest
 from sqlalchemy import text
 
 from harness import Process, start_mock
+from log_secrets import leaks
 from quotagate.db.repo import Database
 from redis_servers import RedisCluster, start_cluster
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logs_hold_no_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every gateway and mock in the suite logs at DEBUG into the session's temporary
+    directory; once the session is over, none of those logs may hold a key, token,
+    client secret or bearer credential (tests send them in every header)."""
+    yield
+    found = leaks(tmp_path_factory.getbasetemp())
+    assert not found, "secrets in the suite's logs:\n" + "\n".join(found[:20])
 
 
 @pytest.fixture(scope="session")
