@@ -34,6 +34,7 @@ from quotagate.errors import ConfigError, MethodNotAllowed, NotFound
 from quotagate.ids import new_id
 from quotagate.limits.engine import EngineSettings, LimitEngine
 from quotagate.observability.metrics import RELOADS
+from quotagate.observability.observe import build_observer
 from quotagate.pipeline.admin import AdminCredits, AdminGuard, AdminUsage
 from quotagate.pipeline.authenticate import Authenticate
 from quotagate.pipeline.authorize import Authorize
@@ -53,6 +54,7 @@ from quotagate.upstream.client import new_session
 
 log = logging.getLogger("quotagate")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 @dataclass(slots=True, frozen=True)
@@ -102,6 +104,7 @@ class Gateway:
             )
         self.alerts = QuotaAlerts(self.engine, None)
         self.reaper = Reaper(self.engine, self.ledger, reap_interval(accounting.reservation_ttl))
+        self.observer = build_observer(policy.observability)  # restart to change it
 
     async def start(self) -> None:
         await self.db.create_schema()
@@ -111,6 +114,7 @@ class Gateway:
             await self.ledger.start()
         self.alerts.sender = self._alert_sender(self.session)
         self.reaper.start()
+        self.observer.start_flushing()
         if self.settings.config_path is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_from_file)
 
@@ -134,6 +138,7 @@ class Gateway:
             await self.session.close()
         await self.store.close()
         await self.db.close()
+        self.observer.close()  # last: lines of requests that ended during shutdown
 
     def reload(self, policy: Policy) -> None:
         """Swap in a new policy; listener, store and database changes need a restart."""
@@ -191,7 +196,7 @@ class Readyz:
 def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     authenticate = Authenticate(gw, gw.keys)
     idempotency = Idempotency(gw.engine, gw)
-    stages: list[Stage] = [
+    stages: list[Stage] = gw.observer.wrap([
         authenticate,
         Parse(gw),
         idempotency,
@@ -199,8 +204,11 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
         Route(gw),
         Limit(gw.engine, gw, gw.alerts),
         Forward(gw),
-    ]
-    proxy = Pipeline(stages, settle=gw.engine, ledger=gw.ledger, finish=[idempotency.finish])
+    ])  # fmt: skip
+    proxy = Pipeline(
+        stages, settle=gw.engine, ledger=gw.ledger, finish=[idempotency.finish],
+        observer=gw.observer,
+    )  # fmt: skip
     proxied = {
         "/v1/chat/completions": ("chat.completions", "/chat/completions", True),
         "/v1/completions": ("completions", "/completions", True),
@@ -210,14 +218,15 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
         path: Endpoint(name, "POST", proxy, upstream, generates)
         for path, (name, upstream, generates) in proxied.items()
     }
-    endpoints["/v1/models"] = Endpoint("models", "GET", Pipeline([authenticate, ListModels(gw)]))
+    models = Pipeline([authenticate, ListModels(gw)], observer=gw.observer)
+    endpoints["/v1/models"] = Endpoint("models", "GET", models)
     endpoints["/healthz"] = Endpoint("healthz", "GET", Pipeline([Healthz()]))
     endpoints["/readyz"] = Endpoint("readyz", "GET", Pipeline([Readyz(gw)]))
     endpoints["/metrics"] = Endpoint("metrics", "GET", Pipeline([Metrics()]))
     guard = AdminGuard(os.environ.get("QUOTAGATE_ADMIN_TOKEN"))
-    usage = Pipeline([guard, AdminUsage(gw.db)])
+    usage = Pipeline([guard, AdminUsage(gw.db)], observer=gw.observer)
     endpoints["/admin/v1/usage"] = Endpoint("admin_usage", "GET", usage)
-    credits = Pipeline([guard, AdminCredits(gw.db)])
+    credits = Pipeline([guard, AdminCredits(gw.db)], observer=gw.observer)
     endpoints["/admin/v1/credits"] = Endpoint("admin_credits", "GET POST", credits)
     return endpoints
 
@@ -240,6 +249,10 @@ def _scan_headers(ctx: RequestContext) -> None:
             request_id = value
         elif name == b"idempotency-key":
             ctx.idempotency_key = value
+        elif name == b"traceparent" and _TRACEPARENT.match(value):
+            ctx.traceparent = value.decode()
+        elif name == b"tracestate" and len(value) <= 512:
+            ctx.tracestate = value.decode("latin-1")
     # A client's own request id is kept when it is safe to echo and to log; the ledger
     # keys on the gateway's own (a client could send one id twice).
     ctx.record_id = f"req_{new_id()}"

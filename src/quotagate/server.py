@@ -23,6 +23,7 @@ from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy
 from quotagate.db.repo import Database
 from quotagate.errors import ConfigError
+from quotagate.observability.multiprocess import shared_metrics_dir
 from quotagate.settings import CONFIG_ENV, Settings
 
 log = logging.getLogger("quotagate")
@@ -126,7 +127,7 @@ def run_workers(policy: Policy, settings: Settings, workers: int, listen: str | 
     )  # fmt: skip
     sock = config.bind_socket()
     log.info("quotagate listening on http://%s:%d with %d workers", host, port, workers)
-    with embedded_mock(policy):
+    with embedded_mock(policy), shared_metrics_dir():
         _Supervisor(config, sockets=[sock]).run()
 
 

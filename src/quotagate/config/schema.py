@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from quotagate.config.durations import Duration, Per
+from quotagate.config.observability import ObservabilityConfig
 
 SCOPES = ("global", "ip", "tenant", "key", "user", "model", "route")
 
@@ -295,6 +296,7 @@ class Policy(Frozen):
     global_limits: list[LimitRule] = []
     accounting: AccountingConfig = AccountingConfig()
     mock_llm: EmbeddedMock = EmbeddedMock()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
     @model_validator(mode="after")
     def _models_exist(self) -> Policy:
