@@ -256,7 +256,9 @@ def _scan_headers(ctx: RequestContext) -> None:
     # A client's own request id is kept when it is safe to echo and to log; the ledger
     # keys on the gateway's own (a client could send one id twice).
     ctx.record_id = f"req_{new_id()}"
-    ctx.request_id = request_id.decode() if _REQUEST_ID.match(request_id) else ctx.record_id
+    # Never one that looks like an API key: it would be logged (a client's mistake).
+    safe = _REQUEST_ID.match(request_id) and not request_id.startswith(b"qg-")
+    ctx.request_id = request_id.decode() if safe else ctx.record_id
 
 
 class GatewayApp:

@@ -57,7 +57,7 @@ class AccessLog:
         return cls(fd, flush_interval, owned=True)
 
     def write(self, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        line = escape_line_separators(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         self._lines.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_BYTES:
@@ -102,6 +102,24 @@ class AccessLog:
         self.flush()
         if self._owned:
             os.close(self._fd)
+
+
+# Valid unescaped in JSON, but line breaks to Unicode-aware readers (Python's
+# splitlines, some log shippers): NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR.
+_UNICODE_BREAKS = (
+    (b"\xc2\x85", b"\\u0085"),
+    (b"\xe2\x80\xa8", b"\\u2028"),
+    (b"\xe2\x80\xa9", b"\\u2029"),
+)
+
+
+def escape_line_separators(line: bytes) -> bytes:
+    """orjson escapes control characters; this escapes the Unicode line breaks too (in
+    UTF-8 they can only occur inside strings, where the escape means the same)."""
+    for raw, escaped in _UNICODE_BREAKS:
+        if raw in line:
+            line = line.replace(raw, escaped)
+    return line
 
 
 def _ms(seconds: float) -> float:

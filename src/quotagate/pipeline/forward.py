@@ -144,9 +144,9 @@ class Forward:
             ctx.response_type = b"text/event-stream"
         try:
             async for chunk in resp.content.iter_any():
-                if not ctx.first_token:
-                    ctx.first_token = time.perf_counter()
                 out = usage.feed(chunk)
+                if not ctx.first_token and usage.text_chars:  # a role-only chunk is no token
+                    ctx.first_token = time.perf_counter()
                 if kept is not None and out:
                     kept.append(out)
                 if out:
