@@ -12,9 +12,9 @@ import httpx
 import openai
 import pytest
 from e2e_clients import CHAT_MODEL, IssuedKey, KeyIssuer, MockUpstream, messages, sdk
-from metrics_text import delta, label_values, scrape
 
 from harness import Gateway, policy
+from metrics_text import delta, label_values, scrape
 from quotagate.observability.metrics import DECISIONS
 
 MAX_TENANTS = 2
@@ -178,10 +178,12 @@ def test_stream_line_has_time_to_first_token(observed: Gateway, observed_keys: K
     key = observed_keys.shared("pro")
     body = {"model": CHAT_MODEL, "messages": messages("[[mock:ttft=50]] stream"), "stream": True}
     headers = {"authorization": f"Bearer {key.key}"}
-    with httpx.Client(base_url=observed.base_url, timeout=10) as client:
-        with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp:
-            request_id = resp.headers["x-request-id"]
-            assert b"[DONE]" in resp.read()
+    with (
+        httpx.Client(base_url=observed.base_url, timeout=10) as client,
+        client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp,
+    ):
+        request_id = resp.headers["x-request-id"]
+        assert b"[DONE]" in resp.read()
     entry = wait_for_line(observed, request_id)
     assert entry["stream"] is True and entry["completion_tokens"] > 0
     assert 50 <= entry["ttft_ms"] <= entry["upstream_ms"]
