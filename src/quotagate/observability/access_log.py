@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import stat
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -42,7 +43,7 @@ class AccessLog:
         self._interval = flush_interval
         mode = os.fstat(fd).st_mode
         # Pipes (and sockets) only promise atomic writes up to PIPE_BUF bytes.
-        self._batch = _FLUSH_BYTES if stat.S_ISREG(mode) else getattr(os, "PIPE_BUF", 4096)
+        self._batch = _FLUSH_BYTES if stat.S_ISREG(mode) else select.PIPE_BUF
         self._lines: list[bytes] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
