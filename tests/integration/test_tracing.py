@@ -143,13 +143,15 @@ async def test_a_refusal_marks_its_stage_span(
 def test_tracing_off_imports_no_opentelemetry(tmp_path: Path, upstream: str) -> None:
     script = f"""
 import sys
+from pathlib import Path
 from quotagate.app import Gateway, GatewayApp
 from quotagate.config.schema import Policy
 from quotagate.settings import Settings
 from harness import policy
 doc = policy({upstream!r})
 doc["database"] = {{"url": "sqlite+aiosqlite:///{tmp_path}/qg.db"}}
-GatewayApp(Gateway(Policy.model_validate(doc), Settings(None, __import__("pathlib").Path({str(tmp_path)!r}))))
+settings = Settings(None, Path({str(tmp_path)!r}))
+GatewayApp(Gateway(Policy.model_validate(doc), settings))
 loaded = [m for m in sys.modules if m.startswith("opentelemetry")]
 assert not loaded, loaded
 print("clean")
