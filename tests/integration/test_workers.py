@@ -93,6 +93,8 @@ def test_two_workers_answer_metrics_and_log_for_both(
             samples = scrape(gw.base_url)
             assert total(samples, "quotagate_requests_total", **served) == 40
             assert total(samples, "quotagate_upstream_duration_seconds_count") == 40
+            store = {"operation": "acquire"}  # a Redis store: its calls are timed
+            assert total(samples, "quotagate_store_duration_seconds_count", **store) == 40
         lines = wait_for_lines(access_log, 40)
         assert len({json.loads(line)["request_id"] for line in lines}) == 40
     finally:
