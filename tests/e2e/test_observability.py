@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +16,7 @@ import openai
 import pytest
 from e2e_clients import CHAT_MODEL, IssuedKey, KeyIssuer, MockUpstream, messages, sdk
 
-from harness import Gateway, policy
+from harness import QUOTAGATE, Gateway, policy
 from metrics_text import delta, label_values, scrape
 from quotagate.observability.metrics import DECISIONS
 
@@ -217,3 +220,18 @@ def test_traceparent_reaches_the_upstream_without_tracing(
         )  # fmt: skip
     seen = mock.last_request()["headers"]
     assert seen["traceparent"] == TRACEPARENT and seen["tracestate"] == "vendor=1"
+
+
+def test_top_shows_live_traffic(observed: Gateway, observed_keys: KeyIssuer) -> None:
+    key = observed_keys.shared("pro")
+    top = subprocess.Popen(
+        [*QUOTAGATE, "top", "--url", observed.base_url, "--interval", "0.5", "--iterations", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    with sdk(observed, key.key) as client:
+        while top.poll() is None:  # traffic until top has drawn its frames
+            client.chat.completions.create(model=CHAT_MODEL, messages=messages("watched"))
+    out = top.communicate(timeout=10)[0].decode()
+    assert top.returncode == 0, out
+    assert re.search(r"chat\.completions\s+│?\s*allowed\s+│?\s*[1-9]", out), out
+    assert "gpt-3.5-turbo" in out and "Top 10 tenants" in out
