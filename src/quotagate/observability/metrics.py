@@ -101,7 +101,9 @@ QUOTA_EXHAUSTED = Counter(
 
 # Latency buckets for the upstream and first token: model calls take milliseconds
 # (embeddings, a cache) to minutes (long generations).
-_MODEL_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+_MODEL_BUCKETS = (
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300,
+)  # fmt: skip
 # The gateway's own time: tens of microseconds to a few milliseconds when healthy.
 _OVERHEAD_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1,
