@@ -3,20 +3,25 @@ the upstream is the real mock LLM, which reports the traceparent it received."""
 
 from __future__ import annotations
 
+import http.server
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from harness import Gateway as GatewayProcess
 from harness import policy
 from quotagate.app import Gateway, GatewayApp
 from quotagate.config.schema import Policy
@@ -147,6 +152,7 @@ from pathlib import Path
 from quotagate.app import Gateway, GatewayApp
 from quotagate.config.schema import Policy
 from quotagate.settings import Settings
+from harness import Gateway as GatewayProcess
 from harness import policy
 doc = policy({upstream!r})
 doc["database"] = {{"url": "sqlite+aiosqlite:///{tmp_path}/qg.db"}}
@@ -162,3 +168,59 @@ print("clean")
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 0 and "clean" in result.stdout, result.stderr
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """A minimal OTLP/HTTP receiver: keeps every export request's spans."""
+
+    spans: ClassVar[list[tuple[str, Any]]] = []  # (service name, span)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    self.spans.append((attributes.get("service.name", ""), span))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_spans_are_exported_over_otlp_as_the_environment_says(
+    tmp_path: Path, upstream: str
+) -> None:
+    collector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    doc = policy(upstream)
+    doc["observability"] = {"tracing": {"enabled": True}}
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
+        "OTEL_SERVICE_NAME": "quotagate-under-test",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms between batch exports
+    }
+    gw = GatewayProcess(tmp_path, doc, env).start()
+    try:
+        key = gw.tenant_key("acme", "pro")
+        headers = {"authorization": f"Bearer {key}", "traceparent": TRACEPARENT}
+        response = httpx.post(gw.base_url + "/v1/chat/completions", json=CHAT, headers=headers)
+        assert response.status_code == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ours = [(s, span) for s, span in _Collector.spans if span.trace_id.hex() == TRACE_ID]
+            if any(span.name == "POST /v1/chat/completions" for _, span in ours):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no span of the request reached the collector")
+        names = {span.name for _, span in ours}
+        assert {"authenticate", "limits", "chat gpt-3.5-turbo"} <= names
+        assert {service for service, _ in ours} == {"quotagate-under-test"}
+    finally:
+        gw.stop()
+        collector.shutdown()
