@@ -43,7 +43,7 @@ from quotagate.pipeline.endpoints import Healthz, ListModels, Metrics
 from quotagate.pipeline.forward import Forward
 from quotagate.pipeline.limit import Limit
 from quotagate.pipeline.parse import Parse
-from quotagate.pipeline.responses import send_error, send_json
+from quotagate.pipeline.responses import send_json
 from quotagate.pipeline.route import Route
 from quotagate.pipeline.runner import Pipeline
 from quotagate.pipeline.stage import Stage
@@ -234,6 +234,18 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
 _NOT_FOUND = Endpoint("unknown", "", Pipeline([]))
 
 
+class Unrouted:
+    """An unknown path (404) or a wrong method (405): refused through a pipeline so
+    that it is counted and logged like any other request."""
+
+    name = "unrouted"
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        if ctx.endpoint is _NOT_FOUND:
+            raise NotFound(f"Unknown path {ctx.scope['path']!r}."[:300])
+        raise MethodNotAllowed(f"Use {ctx.endpoint.method} for this path.")
+
+
 def _scan_headers(ctx: RequestContext) -> None:
     """One pass over the request headers for the few the gateway reads."""
     request_id = b""
@@ -265,6 +277,7 @@ class GatewayApp:
     def __init__(self, gateway: Gateway, on_started: Callable[[], None] | None = None) -> None:
         self.gateway = gateway
         self.endpoints = build_endpoints(gateway)
+        self._unrouted = Pipeline([Unrouted()], observer=gateway.observer)
         self._on_started = on_started
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -277,10 +290,10 @@ class GatewayApp:
         endpoint = self.endpoints.get(scope["path"], _NOT_FOUND)
         ctx = RequestContext(scope, receive, send, endpoint)
         _scan_headers(ctx)
-        if endpoint is _NOT_FOUND:
-            await send_error(ctx, NotFound(f"Unknown path {scope['path']!r}."[:300]))
-        elif scope["method"] != endpoint.method and scope["method"] not in endpoint.method.split():
-            await send_error(ctx, MethodNotAllowed(f"Use {endpoint.method} for this path."))
+        if endpoint is _NOT_FOUND or (
+            scope["method"] != endpoint.method and scope["method"] not in endpoint.method.split()
+        ):
+            await self._unrouted.run(ctx)
         else:
             await endpoint.pipeline.run(ctx)
 

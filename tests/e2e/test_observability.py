@@ -235,3 +235,36 @@ def test_top_shows_live_traffic(observed: Gateway, observed_keys: KeyIssuer) -> 
     assert top.returncode == 0, out
     assert re.search(r"chat\.completions\s+│?\s*allowed\s+│?\s*[1-9]", out), out
     assert "gpt-3.5-turbo" in out and "Top 10 tenants" in out
+
+
+def stdout_entry(gateway: Gateway, request_id: str, timeout: float = 10) -> dict[str, Any]:
+    """The access-log line of ``request_id`` in the gateway's standard output."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in gateway.log_text().splitlines():
+            if line.startswith("{") and json.loads(line)["request_id"] == request_id:
+                return dict(json.loads(line))
+        time.sleep(0.05)
+    raise AssertionError(f"no access-log line for {request_id} on stdout in {timeout}s")
+
+
+def test_default_access_log_is_on_stdout_and_has_unknown_paths(
+    gateway: Gateway, pro_key: IssuedKey
+) -> None:
+    """The shared gateway runs the default: the access log on standard output."""
+    with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
+        body = {"model": CHAT_MODEL, "messages": messages("stdout")}
+        headers = {"authorization": f"Bearer {pro_key.key}", "x-request-id": "e2e-stdout-line"}
+        assert client.post("/v1/chat/completions", json=body, headers=headers).is_success
+        nowhere = client.get("/v2/nowhere", headers={"x-request-id": "e2e-unknown-path"})
+        wrong = client.delete("/v1/chat/completions", headers={"x-request-id": "e2e-bad-method"})
+    assert (nowhere.status_code, wrong.status_code) == (404, 405)
+    served = stdout_entry(gateway, "e2e-stdout-line")
+    assert (served["status"], served["tenant"]) == (200, "pro-tenant")
+    unknown = stdout_entry(gateway, "e2e-unknown-path")
+    assert (unknown["endpoint"], unknown["status"], unknown["decision"]) == (
+        "unknown",
+        404,
+        "not_found",
+    )
+    assert stdout_entry(gateway, "e2e-bad-method")["status"] == 405
