@@ -23,7 +23,7 @@ from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy
 from quotagate.db.repo import Database
 from quotagate.errors import ConfigError
-from quotagate.observability.multiprocess import shared_metrics_dir
+from quotagate.observability.multiprocess import forget_workers, shared_metrics_dir
 from quotagate.settings import CONFIG_ENV, Settings
 
 log = logging.getLogger("quotagate")
@@ -99,6 +99,21 @@ class _Supervisor(Multiprocess):
             log.error("policy reload refused, keeping the running workers: %s", exc)
             return
         super().handle_hup()
+
+    # A worker replaced (after a reload) or restarted (it died) leaves its metric files;
+    # the live gauges among them must stop counting.
+    def restart_all(self) -> None:
+        before = self._pids()
+        super().restart_all()
+        forget_workers(before - self._pids())
+
+    def keep_subprocess_alive(self) -> None:
+        before = self._pids()
+        super().keep_subprocess_alive()
+        forget_workers(before - self._pids())
+
+    def _pids(self) -> set[int]:
+        return {p.pid for p in self.processes if p.pid is not None}
 
 
 def worker_app() -> GatewayApp:

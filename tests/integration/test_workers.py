@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -16,6 +19,7 @@ import yaml
 from harness import QUOTAGATE, Gateway, policy
 from metrics_text import scrape, total
 
+T = TypeVar("T")
 BODY = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -109,3 +113,36 @@ def wait_for_lines(path: Path, count: int, timeout: float = 10) -> list[str]:
             return lines
         time.sleep(0.02)
     raise AssertionError(f"fewer than {count} access-log lines in {timeout}s")
+
+
+def test_replaced_workers_stop_counting_in_live_gauges(tmp_path: Path, upstream: str) -> None:
+    doc = policy(upstream)
+    doc["store"] = {"url": "redis://127.0.0.1:6379/0", "prefix": f"qgtest:{secrets.token_hex(6)}:"}
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    gw = Gateway(tmp_path, doc, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    gw.start("--workers", "2")
+    try:
+
+        def live_gauge_files(unlike: set[str]) -> set[str] | None:
+            """The workers' live-gauge files, once there are two and none in ``unlike``."""
+            files = {p.name for p in metrics_dir.glob("gauge_livesum_*.db")}
+            return files if len(files) >= 2 and not files & unlike else None
+
+        first = wait_for(lambda: live_gauge_files(set()))
+        assert gw.process is not None
+        gw.process.proc.send_signal(signal.SIGHUP)  # the supervisor replaces its workers
+        replaced = wait_for(lambda: live_gauge_files(first))
+        assert len(replaced) == 2  # the old workers' files are gone, not summed with these
+        assert total(scrape(gw.base_url), "quotagate_ledger_queue_depth") == 0
+    finally:
+        gw.stop()
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 30) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (found := probe()) is not None:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met in {timeout}s")

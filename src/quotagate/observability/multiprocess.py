@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -47,3 +47,11 @@ def shared_metrics_dir() -> Iterator[Path]:
     finally:
         if not given:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def forget_workers(pids: set[int]) -> None:
+    """Workers that exited: their live gauges (the ledger queue) must stop counting.
+    Their counters and histograms stay, as the totals they contributed."""
+    if os.environ.get(MULTIPROC_ENV):
+        for pid in pids:
+            mark_process_dead(pid)  # type: ignore[no-untyped-call]
