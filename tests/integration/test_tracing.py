@@ -113,7 +113,9 @@ async def test_one_trace_per_request_continues_the_clients(
     assert children == {"authenticate", "limits", "chat gpt-3.5-turbo", "settlement"}
     upstream = spans["chat gpt-3.5-turbo"]
     assert upstream.kind == SpanKind.CLIENT
-    assert dict(upstream.attributes or {})["gen_ai.operation.name"] == "chat"
+    upstream_attributes = dict(upstream.attributes or {})
+    assert upstream_attributes["gen_ai.operation.name"] == "chat"
+    assert upstream_attributes["server.address"] == "127.0.0.1"
     assert root.start_time is not None and upstream.start_time is not None
     assert root.start_time <= upstream.start_time
     # The upstream was told the upstream span is its parent, in the client's trace.
@@ -131,6 +133,15 @@ async def test_stream_span_marks_the_first_token(
     assert len(events) == 1
     assert upstream.start_time is not None and upstream.end_time is not None
     assert upstream.start_time <= events[0].timestamp <= upstream.end_time
+
+
+async def test_an_unknown_path_does_not_name_a_span(
+    traced: Traced, exporter: InMemorySpanExporter
+) -> None:
+    headers = {"traceparent": TRACEPARENT}
+    response = await traced.client.get("/v1/secret-looking-path-123", headers=headers)
+    assert response.status_code == 404
+    assert set(spans_of(exporter)) == {"GET"}
 
 
 async def test_a_refusal_marks_its_stage_span(

@@ -20,7 +20,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -39,6 +41,12 @@ _EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 # The stages that get a span of their own, and its name.
 _SPANS = {"authenticate": "authenticate", "limit": "limits"}
 _OPERATIONS = {"chat.completions": "chat", "completions": "text_completion"}
+
+
+@lru_cache(maxsize=256)
+def _host(base_url: str) -> str:
+    """The upstream's host name (never the URL: it may carry credentials)."""
+    return urlsplit(base_url).hostname or ""
 
 
 def _ns(perf: float) -> int:
@@ -84,16 +92,18 @@ class OtelTracer:
         if ctx.traceparent:
             carrier = {"traceparent": ctx.traceparent, "tracestate": ctx.tracestate}
             parent = _PROPAGATOR.extract(carrier)
+        method = ctx.scope["method"]
+        attributes = {
+            "http.request.method": method,
+            "client.address": ctx.client_ip,
+            "quotagate.request_id": ctx.request_id,
+        }
+        name = method
+        if ctx.endpoint.name != "unknown":  # a client's unknown path never names a span
+            attributes["http.route"] = ctx.scope["path"]
+            name = f"{method} {ctx.scope['path']}"
         span = self._tracer.start_span(
-            f"{ctx.scope['method']} {ctx.scope['path']}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": ctx.scope["method"],
-                "http.route": ctx.scope["path"],
-                "client.address": ctx.client_ip,
-                "quotagate.request_id": ctx.request_id,
-            },
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
         ctx.span = span
         _propagate(ctx, span)
@@ -190,7 +200,7 @@ class _Upstream:
             "gen_ai.operation.name": operation,
             "gen_ai.provider.name": "openai",
             "gen_ai.request.model": ctx.model[:200],
-            "server.address": target.base_url if target is not None else "",
+            "server.address": _host(target.base_url) if target is not None else "",
             "quotagate.deployment.region": target.region if target is not None else "",
         }
         if ctx.max_tokens is not None:
