@@ -59,12 +59,20 @@ def parse_args() -> argparse.Namespace:
         "ledger (the default policy); budget: also a token quota and a money budget "
         "(never exhausted) reserved and settled per request",
     )  # fmt: skip
+    p.add_argument(
+        "--access-log", choices=("on", "off"), default="on",
+        help="on: one JSON access-log line per request, to a file (the default policy "
+        "writes to stdout); off: no access log (metrics are always on)",
+    )  # fmt: skip
     return p.parse_args()
 
 
-def policy(port: int, upstream: str, data: Path, accounting: str) -> dict[str, object]:
+def policy(
+    port: int, upstream: str, data: Path, accounting: str, access_log: str = "on"
+) -> dict[str, object]:
     """One model on the mock; a plan whose limit runs the limiter's full path but never
-    denies (10M requests a minute per key); ``accounting`` as ``--accounting`` says."""
+    denies (10M requests a minute per key); ``accounting`` and ``access_log`` as
+    ``--accounting`` and ``--access-log`` say."""
     plan: dict[str, object] = {
         "models": ["*"],
         "limits": [{"scope": "key", "requests": 10_000_000, "per": "1m"}],
@@ -86,6 +94,9 @@ def policy(port: int, upstream: str, data: Path, accounting: str) -> dict[str, o
         },
         "plans": {"enterprise": plan},
         "accounting": {"ledger": {"enabled": accounting != "off"}},
+        "observability": {
+            "access_log": {"enabled": access_log == "on", "path": str(data / "access.log")}
+        },
     }
 
 
@@ -140,7 +151,15 @@ class Bench:
         port = free_port()
         config = str(self.tmp / "policy.yaml")
         Path(config).write_text(
-            yaml.safe_dump(policy(port, upstream, self.tmp / "data", self.args.accounting))
+            yaml.safe_dump(
+                policy(
+                    port,
+                    upstream,
+                    self.tmp / "data",
+                    self.args.accounting,
+                    getattr(self.args, "access_log", "on"),
+                )
+            )
         )
         self.cli("tenants", "create", "bench", "--plan", "enterprise", "--config", config)
         out = self.cli("keys", "create", "--tenant", "bench", "--config", config, "--json")
@@ -252,7 +271,8 @@ def settings_lines(args: argparse.Namespace) -> list[str]:
         f"each after a {args.warmup:g}s warm-up"
         + (f"; best of {args.repeat} runs." if args.repeat > 1 else "."),
         f"- Proxy under test alone on core {PROXY_CORE} (one gateway worker, memory store, "
-        f"accounting: {args.accounting}); mock LLM and load generator on core {LOAD_CORE}.",
+        f"accounting: {args.accounting}, access log: {getattr(args, 'access_log', 'on')}); "
+        f"mock LLM and load generator on core {LOAD_CORE}.",
     ]
 
 

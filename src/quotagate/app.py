@@ -36,6 +36,7 @@ from quotagate.errors import ConfigError, MethodNotAllowed, NotFound
 from quotagate.ids import new_id
 from quotagate.limits.engine import EngineSettings, LimitEngine
 from quotagate.observability.metrics import RELOADS
+from quotagate.observability.observe import build_observer
 from quotagate.pipeline.authenticate import Authenticate
 from quotagate.pipeline.authorize import Authorize
 from quotagate.pipeline.client_address import Networks, client_address
@@ -45,7 +46,7 @@ from quotagate.pipeline.forward import Forward
 from quotagate.pipeline.limit import Limit
 from quotagate.pipeline.oauth import DiscoveryEndpoint, JwksEndpoint, TokenEndpoint
 from quotagate.pipeline.parse import Parse
-from quotagate.pipeline.responses import send_error, send_json
+from quotagate.pipeline.responses import send_json
 from quotagate.pipeline.route import Route
 from quotagate.pipeline.runner import Pipeline
 from quotagate.pipeline.stage import Stage
@@ -56,6 +57,7 @@ from quotagate.upstream.client import new_session
 
 log = logging.getLogger("quotagate")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 @dataclass(slots=True, frozen=True)
@@ -109,6 +111,7 @@ class Gateway:
             )
         self.alerts = QuotaAlerts(self.engine, None)
         self.reaper = Reaper(self.engine, self.ledger, reap_interval(accounting.reservation_ttl))
+        self.observer = build_observer(policy.observability)  # restart to change it
 
     async def start(self) -> None:
         await self.db.create_schema()
@@ -120,6 +123,7 @@ class Gateway:
         self.alerts.sender = self._alert_sender(self.session)
         self.reaper.start()
         await self.invalidation.start()
+        self.observer.start_flushing()
         if self.settings.config_path is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_from_file)
 
@@ -145,6 +149,7 @@ class Gateway:
         await self.store.close()
         await self.identity.stop()
         await self.db.close()
+        self.observer.close()  # last: lines of requests that ended during shutdown
 
     def reload(self, policy: Policy) -> None:
         """Swap in a new policy; listener, store and database changes need a restart."""
@@ -206,7 +211,7 @@ class Readyz:
 def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     authenticate = Authenticate(gw, gw.keys, gw.identity.jwt)
     idempotency = Idempotency(gw.engine, gw)
-    stages: list[Stage] = [
+    stages: list[Stage] = gw.observer.wrap([
         authenticate,
         Parse(gw),
         idempotency,
@@ -214,8 +219,11 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
         Route(gw),
         Limit(gw.engine, gw, gw.alerts),
         Forward(gw),
-    ]
-    proxy = Pipeline(stages, settle=gw.engine, ledger=gw.ledger, finish=[idempotency.finish])
+    ])  # fmt: skip
+    proxy = Pipeline(
+        stages, settle=gw.engine, ledger=gw.ledger, finish=[idempotency.finish],
+        observer=gw.observer,
+    )  # fmt: skip
     proxied = {
         "/v1/chat/completions": ("chat.completions", "/chat/completions", True),
         "/v1/completions": ("completions", "/completions", True),
@@ -232,11 +240,11 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
                 "chat.completions", "POST", proxy, "/chat/completions", True, alias.model,
                 alias.mode == "force",
             )  # fmt: skip
-    endpoints["/v1/models"] = Endpoint("models", "GET", Pipeline([authenticate, ListModels(gw)]))
+    models = Pipeline([authenticate, ListModels(gw)], observer=gw.observer)
+    endpoints["/v1/models"] = Endpoint("models", "GET", models)
     if (oauth := gw.identity.oauth) is not None:
-        endpoints["/oauth/token"] = Endpoint(
-            "oauth_token", "POST", Pipeline([TokenEndpoint(oauth)])
-        )
+        token = Pipeline([TokenEndpoint(oauth)], observer=gw.observer)
+        endpoints["/oauth/token"] = Endpoint("oauth_token", "POST", token)
         endpoints["/.well-known/jwks.json"] = Endpoint(
             "oauth_jwks", "GET", Pipeline([JwksEndpoint(oauth)])
         )
@@ -250,6 +258,18 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
 
 
 _NOT_FOUND = Endpoint("unknown", "", Pipeline([]))
+
+
+class Unrouted:
+    """An unknown path (404) or a wrong method (405): refused through a pipeline so
+    that it is counted and logged like any other request."""
+
+    name = "unrouted"
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        if ctx.endpoint is _NOT_FOUND:
+            raise NotFound(f"Unknown path {ctx.scope['path']!r}."[:300])
+        raise MethodNotAllowed(f"Use {ctx.endpoint.method} for this path.")
 
 
 def _scan_headers(ctx: RequestContext, trusted: Networks = ()) -> None:
@@ -269,12 +289,18 @@ def _scan_headers(ctx: RequestContext, trusted: Networks = ()) -> None:
             ctx.idempotency_key = value
         elif name == b"x-forwarded-for" and trusted:
             forwarded = value if not forwarded else forwarded + b"," + value
+        elif name == b"traceparent" and _TRACEPARENT.match(value):
+            ctx.traceparent = value.decode()
+        elif name == b"tracestate" and len(value) <= 512:
+            ctx.tracestate = value.decode("latin-1")
     # A client's own request id is kept when it is safe to echo and to log; the ledger
     # keys on the gateway's own (a client could send one id twice).
     if forwarded:
         ctx.client_ip = client_address(ctx.client_ip, forwarded, trusted)
     ctx.record_id = f"req_{new_id()}"
-    ctx.request_id = request_id.decode() if _REQUEST_ID.match(request_id) else ctx.record_id
+    # Never one that looks like an API key: it would be logged (a client's mistake).
+    safe = _REQUEST_ID.match(request_id) and not request_id.startswith(b"qg-")
+    ctx.request_id = request_id.decode() if safe else ctx.record_id
 
 
 class GatewayApp:
@@ -289,6 +315,7 @@ class GatewayApp:
     ) -> None:
         self.gateway = gateway
         self.endpoints = build_endpoints(gateway)
+        self._unrouted = Pipeline([Unrouted()], observer=gateway.observer)
         self._on_started = on_started
         self.admin_port = admin_port  # requests to this local port go to the admin API
         self._admin: Any = None
@@ -314,10 +341,10 @@ class GatewayApp:
         endpoint = self.endpoints.get(scope["path"], _NOT_FOUND)
         ctx = RequestContext(scope, receive, send, endpoint)
         _scan_headers(ctx, self.gateway.snapshot.policy.server.trusted_proxies)
-        if endpoint is _NOT_FOUND:
-            await send_error(ctx, NotFound(f"Unknown path {scope['path']!r}."[:300]))
-        elif scope["method"] != endpoint.method and scope["method"] not in endpoint.method.split():
-            await send_error(ctx, MethodNotAllowed(f"Use {endpoint.method} for this path."))
+        if endpoint is _NOT_FOUND or (
+            scope["method"] != endpoint.method and scope["method"] not in endpoint.method.split()
+        ):
+            await self._unrouted.run(ctx)
         else:
             await endpoint.pipeline.run(ctx)
 

@@ -164,6 +164,31 @@ def mock_llm(
 
 
 @app.command()
+def top(
+    url: Annotated[str, typer.Option(help="The gateway's base URL.")] = "http://127.0.0.1:8080",
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 2.0,
+    iterations: Annotated[int, typer.Option(min=0, help="Stop after N refreshes (0: never).")] = 0,
+) -> None:
+    """A live view of a gateway from its /metrics: request rates, latency, tokens, spend."""
+    from rich.live import Live
+
+    from quotagate.observability.top import frames
+
+    console = Console()
+    try:
+        with Live(console=console, auto_refresh=False, transient=False) as live:
+            for count, frame in enumerate(frames(url, interval), start=1):
+                live.update(frame.render(url), refresh=True)
+                if iterations and count >= iterations:
+                    break
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot read {url}/metrics: {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
 def demo() -> None:
     """Start a mock LLM and a gateway, and play the seed scenarios against them."""
     from quotagate.demo import run_demo

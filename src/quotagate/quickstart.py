@@ -2,12 +2,15 @@
 
 Each ``serve`` on the bundled policy issues a fresh key for the ``quickstart`` tenant
 (plan ``pro``) and revokes the previous one, so the printed key always works and no
-key is ever printed twice.
+key is ever printed twice. The key is shown on a terminal only: when the output goes
+to a file or a log collector, the banner says how to make one instead (a key in a log
+is a leaked key).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 from rich.console import Console
@@ -60,9 +63,16 @@ curl -u CLIENT_ID:CLIENT_SECRET -d grant_type=client_credentials {base_url}/oaut
 Ctrl-C stops the gateway and the mock LLM."""
 
 
+NO_TERMINAL_KEY = (
+    "[dim](not shown: this output is not a terminal; make one with "
+    f"`quotagate keys create --tenant {TENANT}`)[/dim]"
+)
+
+
 def announce(policy: Policy, settings: Settings, listen: str | None) -> Callable[[], None]:
-    key = asyncio.run(_fresh_key(policy, settings))
     base_url = f"http://{listen or policy.server.listen}"
+    terminal = sys.stdout.isatty()
+    key = asyncio.run(_fresh_key(policy, settings)) if terminal else NO_TERMINAL_KEY
 
     def show() -> None:
         # No box and no wrapping: the examples must stay copy-pasteable at any width.

@@ -23,6 +23,7 @@ from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy
 from quotagate.db.repo import Database
 from quotagate.errors import ConfigError
+from quotagate.observability.multiprocess import forget_workers, shared_metrics_dir
 from quotagate.settings import CONFIG_ENV, Settings
 
 log = logging.getLogger("quotagate")
@@ -99,6 +100,21 @@ class _Supervisor(Multiprocess):
             return
         super().handle_hup()
 
+    # A worker replaced (after a reload) or restarted (it died) leaves its metric files;
+    # the live gauges among them must stop counting.
+    def restart_all(self) -> None:
+        before = self._pids()
+        super().restart_all()
+        forget_workers(before - self._pids())
+
+    def keep_subprocess_alive(self) -> None:
+        before = self._pids()
+        super().keep_subprocess_alive()
+        forget_workers(before - self._pids())
+
+    def _pids(self) -> set[int]:
+        return {p.pid for p in self.processes if p.pid is not None}
+
 
 ADMIN_PORT_ENV = "QUOTAGATE_ADMIN_PORT"  # run_workers → worker_app: the bound admin port
 
@@ -144,7 +160,7 @@ def run_workers(
     if admin is not None:
         os.environ[ADMIN_PORT_ENV] = str(admin.port)
     log.info("quotagate listening on http://%s:%d with %d workers", host, port, workers)
-    with embedded_mock(policy):
+    with embedded_mock(policy), shared_metrics_dir():
         _Supervisor(config, sockets=sockets).run()
 
 

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, field_validator, model_validator
 
 from quotagate.config.durations import Duration, Per
+from quotagate.config.observability import ObservabilityConfig
 
 SCOPES = ("global", "ip", "tenant", "key", "user", "model", "route")
 # The gateway's own paths: a route alias cannot take one.
@@ -450,6 +451,8 @@ class Policy(Frozen):
                     f"route {path!r}: must start with / and not be a path of the gateway's own"
                 )
         return value
+
+    observability: ObservabilityConfig = ObservabilityConfig()
 
     @model_validator(mode="after")
     def _models_exist(self) -> Policy:

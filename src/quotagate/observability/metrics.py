@@ -1,7 +1,12 @@
 """Every Prometheus metric quotagate exports, declared here with fixed label sets.
 
 Labels are bounded: endpoint and decision come from fixed vocabularies, status is an
-HTTP status code, model is a name from the policy's catalog (or ``unknown``).
+HTTP status code, model is a name from the policy's catalog (or ``unknown``), tenant
+(opt-in) is capped per process (see ``observability.tenants``).
+
+With ``serve --workers N`` each worker writes its values to files under
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, chosen when the
+module is imported) and ``/metrics`` of any worker answers for all of them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,14 @@ ERRORS = Counter(
     "Requests answered with an error, by error class.",
     ("error",),
 )
+# Every value a request's ``decision`` can take; anything else is counted as "other".
+DECISIONS = frozenset(
+    {
+        "allowed", "replayed", "client_disconnected", "bad_request", "denied_auth",
+        "denied_plan", "not_found", "rate_limited", "quota_exhausted", "unavailable",
+        "upstream_error", "upstream_timeout", "error",
+    }
+)  # fmt: skip
 REQUEST_SECONDS = Histogram(
     "quotagate_request_duration_seconds",
     "Time from request start to the end of the response, by endpoint.",
@@ -53,7 +66,11 @@ NEGATIVE_CACHE_HITS = Counter(
 # 2.0 µs → 0.4 µs per inc).
 @lru_cache(maxsize=4096)
 def request_counter(endpoint: str, model: str, status: int, decision: str) -> Any:
-    return REQUESTS.labels(endpoint, model, str(status), decision)
+    return REQUESTS.labels(endpoint, model, str(status), decision_label(decision))
+
+
+def decision_label(decision: str) -> str:
+    return decision if decision in DECISIONS else "other"
 
 
 @lru_cache(maxsize=64)
@@ -69,6 +86,7 @@ LEDGER_RECORDS = Counter(
 LEDGER_QUEUE_DEPTH = Gauge(
     "quotagate_ledger_queue_depth",
     "Usage ledger records waiting in memory to be written.",
+    multiprocess_mode="livesum",  # with several workers: the sum over live workers
 )
 
 REAPED = Counter(
@@ -89,3 +107,84 @@ LIMIT_BYPASSED = Counter(
     "quotagate_limit_bypassed",
     "Requests of keys under an emergency bypass: no limit, quota or budget applied.",
 )
+
+# Latency buckets for the upstream and first token: model calls take milliseconds
+# (embeddings, a cache) to minutes (long generations).
+_MODEL_BUCKETS = (
+    0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300,
+)  # fmt: skip
+# The gateway's own time: tens of microseconds to a few milliseconds when healthy.
+_OVERHEAD_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1,
+)  # fmt: skip
+
+UPSTREAM_SECONDS = Histogram(
+    "quotagate_upstream_duration_seconds",
+    "Time from sending a request upstream to the end of its answer, by model.",
+    ("model",),
+    buckets=_MODEL_BUCKETS,
+)
+FIRST_TOKEN_SECONDS = Histogram(
+    "quotagate_time_to_first_token_seconds",
+    "Streams: time from sending the request upstream to its first output, by model.",
+    ("model",),
+    buckets=_MODEL_BUCKETS,
+)
+OVERHEAD_SECONDS = Histogram(
+    "quotagate_gateway_overhead_seconds",
+    "Forwarded requests: total time minus the upstream's time, by endpoint.",
+    ("endpoint",),
+    buckets=_OVERHEAD_BUCKETS,
+)
+TOKENS = Counter(
+    "quotagate_tokens",
+    "Tokens charged, by model and direction (prompt, completion).",
+    ("model", "direction"),
+)
+COST = Counter(
+    "quotagate_cost",
+    "Money charged at the models' prices, in currency units (the price table's), by model.",
+    ("model",),
+)
+STORE_SECONDS = Histogram(
+    "quotagate_store_duration_seconds",
+    "Limit store calls on the request path, by operation (acquire, settle).",
+    ("operation",),
+    buckets=_OVERHEAD_BUCKETS,
+)
+TENANT_REQUESTS = Counter(
+    "quotagate_tenant_requests",
+    "Requests by tenant and decision (only with observability.metrics.tenant_labels).",
+    ("tenant", "decision"),
+)
+TENANT_TOKENS = Counter(
+    "quotagate_tenant_tokens",
+    "Tokens charged by tenant and direction (only with tenant_labels).",
+    ("tenant", "direction"),
+)
+TENANT_COST = Counter(
+    "quotagate_tenant_cost",
+    "Money charged by tenant, in currency units (only with tenant_labels).",
+    ("tenant",),
+)
+
+
+@lru_cache(maxsize=1024)
+def model_series(model: str) -> tuple[Any, Any, Any, Any, Any]:
+    """Upstream time, first token, prompt and completion tokens, cost: for one model."""
+    return (
+        UPSTREAM_SECONDS.labels(model),
+        FIRST_TOKEN_SECONDS.labels(model),
+        TOKENS.labels(model, "prompt"),
+        TOKENS.labels(model, "completion"),
+        COST.labels(model),
+    )
+
+
+@lru_cache(maxsize=64)
+def overhead_timer(endpoint: str) -> Any:
+    return OVERHEAD_SECONDS.labels(endpoint)
+
+
+STORE_ACQUIRE = STORE_SECONDS.labels("acquire")
+STORE_SETTLE = STORE_SECONDS.labels("settle")

@@ -23,6 +23,7 @@ class RequestContext:
         "decision",
         "denial",
         "endpoint",
+        "first_token",
         "idempotency_key",
         "idempotency_store",
         "kept_body",
@@ -48,12 +49,17 @@ class RequestContext:
         "send",
         "settle_checks",
         "settle_units",
+        "span",
         "started_at",
         "status",
         "stream",
         "strip_usage",
         "target",
+        "traceparent",
+        "tracestate",
         "ttfb",
+        "upstream_ended",
+        "upstream_started",
         "usage",
     )
 
@@ -102,3 +108,12 @@ class RequestContext:
         self.status = 0
         self.decision = "allowed"
         self.denial: str | None = None  # the refusal's error code
+        # Observability: perf_counter times of the upstream call (0.0: not sent) and of
+        # a stream's first output; the W3C trace context (the client's, or the upstream
+        # span's once tracing has one); the request's span when tracing is on.
+        self.upstream_started = 0.0
+        self.upstream_ended = 0.0
+        self.first_token = 0.0
+        self.traceparent = ""
+        self.tracestate = ""
+        self.span: Any = None

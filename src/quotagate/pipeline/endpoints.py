@@ -7,6 +7,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from quotagate.config.snapshot import CompiledPlan
+from quotagate.observability.multiprocess import metrics_registry
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.responses import send_json
 from quotagate.pipeline.stage import PolicySource
@@ -41,10 +42,15 @@ class Healthz:
 
 
 class Metrics:
+    """``GET /metrics``: Prometheus text format, for every worker process."""
+
     name = "metrics"
 
+    def __init__(self) -> None:
+        self._registry = metrics_registry()
+
     async def __call__(self, ctx: RequestContext) -> None:
-        body = generate_latest()
+        body = generate_latest(self._registry)
         ctx.status = 200
         headers = [
             (b"content-type", CONTENT_TYPE_LATEST.encode()),

@@ -56,17 +56,25 @@ class Forward:
         assert session is not None, "the gateway has started"
         headers = dict(target.headers)
         headers["x-request-id"] = ctx.request_id
+        if ctx.traceparent:  # W3C trace context: the client's, or this gateway's span
+            headers["traceparent"] = ctx.traceparent
+            if ctx.tracestate:
+                headers["tracestate"] = ctx.tracestate
         url = target.base_url + ctx.endpoint.upstream_path
         if ctx.payload_changed:  # stages edited the request: encode it once, here
             ctx.body = orjson.dumps(ctx.payload)
+        ctx.upstream_started = time.perf_counter()
         try:
             resp = await session.post(url, data=ctx.body, headers=headers, timeout=target.timeout)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            ctx.upstream_ended = time.perf_counter()
             raise translate(exc, ctx.model) from exc
         try:
             await self._relay(ctx, resp)
         finally:
             resp.release()
+            if not ctx.upstream_ended:  # JSON answers are stamped when read in full
+                ctx.upstream_ended = time.perf_counter()
 
     async def _relay(self, ctx: RequestContext, resp: aiohttp.ClientResponse) -> None:
         # 5xx, and 401/403 (the gateway's own upstream credential was refused: never the
@@ -81,6 +89,7 @@ class Forward:
             body = await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise translate(exc, ctx.model) from exc
+        ctx.upstream_ended = time.perf_counter()
         if resp.status < 400:  # no usage block: settlement keeps the reservation
             ctx.usage = usage_of(body)
         headers.append((b"content-length", str(len(body)).encode()))
@@ -136,6 +145,8 @@ class Forward:
         try:
             async for chunk in resp.content.iter_any():
                 out = usage.feed(chunk)
+                if not ctx.first_token and usage.text_chars:  # a role-only chunk is no token
+                    ctx.first_token = time.perf_counter()
                 if kept is not None and out:
                     kept.append(out)
                 if out:

@@ -15,12 +15,8 @@ from quotagate.budget import settle
 from quotagate.budget.ledger import LedgerRecord
 from quotagate.budget.records import request_record
 from quotagate.errors import GatewayError
-from quotagate.observability.metrics import (
-    ERRORS,
-    PROMPT_ESTIMATE_RATIO,
-    request_counter,
-    request_timer,
-)
+from quotagate.observability.metrics import ERRORS, PROMPT_ESTIMATE_RATIO
+from quotagate.observability.observe import METRICS_ONLY, Observer
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import ClientDisconnected
 from quotagate.pipeline.responses import send_error
@@ -54,15 +50,18 @@ class Pipeline:
         settle: LimitSettlement | None = None,
         ledger: LedgerSink | None = None,
         finish: Sequence[Callable[[RequestContext], Awaitable[None]]] = (),
+        observer: Observer = METRICS_ONLY,
     ) -> None:
         self.stages = tuple(stages)
         self._settle = settle
         self._ledger = ledger
         self._finish = tuple(finish)
+        self._observer = observer
 
     async def run(self, ctx: RequestContext) -> None:
         started = time.perf_counter()
         ctx.started_at = time.time()
+        self._observer.start(ctx)
         try:
             for stage in self.stages:
                 await stage(ctx)
@@ -90,7 +89,7 @@ class Pipeline:
                 await finish(ctx)
             if self._ledger is not None and ctx.principal is not None:
                 self._ledger.submit(request_record(ctx, started, tokens, micros, ended))
-            self._observe(ctx, started)
+            self._observer.finish(ctx, started, ended, tokens, micros)
 
     @staticmethod
     async def _refuse(ctx: RequestContext, exc: GatewayError) -> None:
@@ -105,10 +104,3 @@ class Pipeline:
         if ctx.response_started:
             return  # the status has gone out; the stage already ended the stream in-band
         await send_error(ctx, exc)
-
-    @staticmethod
-    def _observe(ctx: RequestContext, started: float) -> None:
-        endpoint = ctx.endpoint.name
-        model = ctx.model if ctx.target is not None else "unknown"
-        request_counter(endpoint, model, ctx.status, ctx.decision).inc()
-        request_timer(endpoint).observe(time.perf_counter() - started)

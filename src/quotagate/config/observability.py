@@ -1,0 +1,46 @@
+"""The policy's ``observability`` section: access log, metric labels, tracing.
+
+Kept apart from ``schema.py`` so the request-path policy and the operator's telemetry
+settings change independently. These settings take effect when a process starts.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quotagate.config.durations import Duration
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AccessLogConfig(_Frozen):
+    # One JSON line per request. On by default, like nginx's and uvicorn's access logs:
+    # an operator expects to see traffic without configuring anything.
+    enabled: bool = True
+    # "-" is standard output (what a container's log driver collects); else a file,
+    # opened for appending (rotate it with copytruncate or a restart).
+    path: str = "-"
+    # Lines are buffered in memory and written whole at most this long after the request.
+    flush_interval: Duration = 1.0
+
+
+class MetricsConfig(_Frozen):
+    # Per-tenant series (requests, tokens, cost): off by default, since a label per
+    # tenant multiplies series. At most `max_tenants` distinct tenants per process get
+    # their own label; the rest are counted as "other".
+    tenant_labels: bool = False
+    max_tenants: int = Field(default=100, ge=1, le=10_000)
+
+
+class TracingConfig(_Frozen):
+    # OpenTelemetry spans (needs `pip install quotagate[otel]`). When off, nothing of
+    # OpenTelemetry is imported. Export is configured by the standard OTEL_* variables.
+    enabled: bool = False
+
+
+class ObservabilityConfig(_Frozen):
+    access_log: AccessLogConfig = AccessLogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
