@@ -89,6 +89,10 @@ class RateRaise(_Body):
     note: str | None = Field(default=None, max_length=200)
 
 
+class RateClear(_Body):
+    tenant: str = Field(min_length=1, max_length=200)
+
+
 class CreditCreate(_Body):
     tenant: str = Field(min_length=1, max_length=200)
     kind: Literal["topup", "burst", "override"] = "topup"
@@ -277,6 +281,13 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
         await repo.audit(who, "rate.raise", body.tenant, None, credit_json(row))
         await forget_keys(tenant=body.tenant)
         return credit_json(row)
+
+    @app.post("/admin/v1/rate-raises/clear", tags=["overrides"])
+    async def clear_rates(body: RateClear, who: Actor) -> dict[str, Any]:
+        """End the tenant's rate raises and spend-anomaly throttles now."""
+        ended = await repo.clear_rate_overrides(who, body.tenant)
+        await forget_keys(tenant=body.tenant)
+        return {"tenant": body.tenant, "ended": ended}
 
     # --- OAuth clients -------------------------------------------------------------------
 

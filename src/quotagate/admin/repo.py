@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 from quotagate.db.oauth_clients import ClientRow
 from quotagate.db.repo import Database, DatabaseError, KeyRow, TenantRow
-from quotagate.db.schema import admin_tokens, api_keys, audit_log, tenants
+from quotagate.db.schema import admin_tokens, api_keys, audit_log, credits, tenants
 
 TOKEN_PREFIX = "qga-"
 _ID_LEN = 12
@@ -216,6 +216,20 @@ class AdminRepo:
         if row is None:
             raise DatabaseError(f"no key with id {key_id!r}")
         return row
+
+    async def clear_rate_overrides(self, actor: str, tenant: str) -> int:
+        """End every rate raise or throttle of ``tenant`` now; how many ended."""
+        row = await self.db.get_tenant(tenant)
+        now = _now()
+        live = (credits.c.expires_at.is_(None)) | (credits.c.expires_at > now)
+        async with self.db.engine.begin() as conn:
+            result = await conn.execute(
+                update(credits)
+                .where(credits.c.tenant_id == row.id, credits.c.resource == "rate", live)
+                .values(expires_at=now)
+            )
+        await self.audit(actor, "rate.clear", tenant, None, {"ended": result.rowcount})
+        return int(result.rowcount)
 
     # --- OAuth clients of the built-in issuer -----------------------------------------
 

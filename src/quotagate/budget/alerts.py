@@ -81,6 +81,44 @@ class Alert:
         return orjson.dumps(payload)
 
 
+@dataclass(frozen=True, slots=True)
+class SpendAlert:
+    """A tenant spending far faster than its own baseline (observability/anomaly.py)."""
+
+    alert_id: str
+    tenant_id: str
+    tenant_name: str
+    recent_per_hour: float
+    baseline_per_hour: float
+    ratio: float  # recorded as the delivery's threshold
+    throttled_to: float | None  # the factor on the tenant's rate limits, if throttled
+    currency: str
+    at: datetime
+    quota: str = "spend-anomaly"
+
+    @property
+    def threshold(self) -> float:
+        return round(min(self.ratio, 1e6), 2)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "type": "spend.anomaly",
+                "id": self.alert_id,
+                "tenant": {"id": self.tenant_id, "name": self.tenant_name},
+                "recent_spend_per_hour": round(self.recent_per_hour, 6),
+                "baseline_spend_per_hour": round(self.baseline_per_hour, 6),
+                "ratio": self.threshold,
+                "currency": self.currency,
+                "throttled_to": self.throttled_to,
+                "at": self.at,
+            }
+        )
+
+
+Notice = Alert | SpendAlert
+
+
 def _money(micros: int) -> str:
     whole, frac = divmod(abs(micros), 1_000_000)  # integers: no float rounding
     return f"{'-' if micros < 0 else ''}{whole}.{frac:06d}"
@@ -179,7 +217,7 @@ class AlertSender:
         self.failed = 0
         self.attempts = 0
 
-    def send(self, alert: Alert) -> None:
+    def send(self, alert: Notice) -> None:
         """Schedule delivery of ``alert`` and return at once."""
         if self._closed:
             raise RuntimeError("AlertSender is closed")
@@ -205,7 +243,7 @@ class AlertSender:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("alert delivery crashed", exc_info=exc)
 
-    async def _deliver(self, alert: Alert) -> None:
+    async def _deliver(self, alert: Notice) -> None:
         body = alert.to_json()
         for attempt in range(1, self._max_attempts + 1):
             outcome = await self._attempt(alert, body)
@@ -227,7 +265,7 @@ class AlertSender:
             outcome.error or f"HTTP {outcome.status_code}",
         )
 
-    async def _attempt(self, alert: Alert, body: bytes) -> _Outcome:
+    async def _attempt(self, alert: Notice, body: bytes) -> _Outcome:
         self.attempts += 1
         headers = {
             "content-type": "application/json",
@@ -262,7 +300,7 @@ class AlertSender:
         secret = self._secret.decode("utf-8", "replace")
         return text.replace(secret, "[redacted]") if secret else text
 
-    async def _record(self, alert: Alert, attempt: int, outcome: _Outcome) -> None:
+    async def _record(self, alert: Notice, attempt: int, outcome: _Outcome) -> None:
         if self._engine is None:
             return
         row = {

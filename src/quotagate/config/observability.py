@@ -40,7 +40,30 @@ class TracingConfig(_Frozen):
     enabled: bool = False
 
 
+class SpendAnomalyConfig(_Frozen):
+    """A tenant spending much faster than its own recent history: an alert webhook
+    (accounting.alerts) and, optionally, a throttle until an admin clears it."""
+
+    enabled: bool = False
+    # The recent spend rate is averaged over about `window`, the baseline over about
+    # `baseline` (exponentially weighted); a tenant is judged once it has `warmup` of
+    # history (default: the baseline).
+    window: Duration = 300.0
+    baseline: Duration = 21600.0
+    warmup: Duration | None = None
+    # Anomalous: recent rate > threshold x baseline rate, and at least `min_spend`
+    # (currency units) spent in a window at that rate.
+    threshold: float = Field(default=4.0, gt=1.0)
+    min_spend: float = Field(default=1.0, ge=0)
+    # At most one alert per tenant per cooldown, across instances.
+    cooldown: Duration = 3600.0
+    # Multiply the tenant's rate limits by this (0.1 = a tenth) until an admin clears it
+    # (POST /admin/v1/rate-raises/clear); none: alert only.
+    throttle: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+
 class ObservabilityConfig(_Frozen):
     access_log: AccessLogConfig = AccessLogConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
+    spend_anomaly: SpendAnomalyConfig = SpendAnomalyConfig()

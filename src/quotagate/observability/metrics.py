@@ -188,3 +188,7 @@ def overhead_timer(endpoint: str) -> Any:
 
 STORE_ACQUIRE = STORE_SECONDS.labels("acquire")
 STORE_SETTLE = STORE_SECONDS.labels("settle")
+SPEND_ANOMALIES = Counter(
+    "quotagate_spend_anomalies",
+    "Tenants found spending far faster than their own baseline (one per cooldown).",
+)

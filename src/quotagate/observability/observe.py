@@ -13,6 +13,7 @@ from typing import Protocol
 
 from quotagate.config.observability import ObservabilityConfig
 from quotagate.observability.access_log import AccessLog, access_record
+from quotagate.observability.anomaly import SpendAnomalies
 from quotagate.observability.metrics import (
     decision_label,
     model_series,
@@ -57,6 +58,7 @@ class Observer:
         self.access_log = access_log
         self.tenants = tenants
         self.tracer = tracer
+        self.anomalies: SpendAnomalies | None = None  # set by the gateway when enabled
 
     def start(self, ctx: RequestContext) -> None:
         if self.tracer is not None:
@@ -78,6 +80,8 @@ class Observer:
             decision = decision_label(ctx.decision)
             cost = micros / 1_000_000
             self.tenants.count(ctx.principal.tenant_name, decision, *charged, cost)
+        if self.anomalies is not None and ctx.principal is not None and micros > 0:
+            self.anomalies.observe(ctx.principal, micros)
         if self.access_log is not None:
             self.access_log.write(access_record(ctx, started, ended, charged, micros))
         if self.tracer is not None:
