@@ -86,5 +86,3 @@ class Receiver:
             found = self.of(tenant_id)
         assert met, f"deliveries for {tenant_id} after {within}s: {[d.alert for d in found]}"
         return found
-
-
