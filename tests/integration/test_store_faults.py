@@ -217,6 +217,13 @@ def durations(gw: Gateway) -> dict[float, float]:
     return {float(le): float(count) for le, count in series.findall(text)}
 
 
+def circuit_open(gw: Gateway) -> float:
+    text = httpx.get(gw.base_url + "/metrics", timeout=10).text
+    found = re.search(r"^quotagate_store_circuit_open (\S+)$", text, re.M)
+    assert found is not None, "quotagate_store_circuit_open not exported"
+    return float(found.group(1))
+
+
 def assert_bounded_latency(before: dict[float, float], after: dict[float, float]) -> None:
     """Requests the gateway answered between two scrapes: 95% within 250 ms and none
     over 1 s, i.e. nobody waits on the dead store for more than its 50 ms timeout plus
@@ -243,6 +250,7 @@ class Outage:
     readyz_down: httpx.Response
     durations_at_kill: dict[float, float]
     durations_at_restart: dict[float, float]
+    circuit: tuple[float, float]  # quotagate_store_circuit_open: while down, recovered
 
     @property
     def down(self) -> list[Reply]:
@@ -265,6 +273,7 @@ async def kill_mid_traffic(gw: Gateway, redis: RedisServer, keys: Keys) -> Outag
             await wait_until(lambda: stream.sent_since(killed) >= enough, "traffic while down")
             readyz_down = await client.get(gw.base_url + "/readyz")
             at_restart = await asyncio.to_thread(durations, gw)
+            circuit_down = await asyncio.to_thread(circuit_open, gw)
             restarted = time.monotonic()
             await asyncio.to_thread(redis.start)
             await wait_store_seen(client, gw)
@@ -272,8 +281,10 @@ async def kill_mid_traffic(gw: Gateway, redis: RedisServer, keys: Keys) -> Outag
         # after a restart trips on dead pooled links and may re-open it (see
         # test_first_burst_after_a_restart_is_decided_by_redis).
         await wait_recovered(client, gw, keys.stream)
+        circuit_back = await asyncio.to_thread(circuit_open, gw)
         await assert_exact_enforcement(client, gw, keys.exact)
-    return Outage(stream.replies, killed, restarted, readyz_down, at_kill, at_restart)
+    circuit = (circuit_down, circuit_back)
+    return Outage(stream.replies, killed, restarted, readyz_down, at_kill, at_restart, circuit)
 
 
 def assert_open(down: list[Reply]) -> None:
@@ -327,6 +338,7 @@ async def test_redis_killed_mid_traffic(
     # What the client saw, loosely: no request waited seconds (a connect timeout).
     assert max(r.latency for r in down) < 2.0
     assert outage.readyz_down.json()["store"] == "down"
+    assert outage.circuit == (1.0, 0.0)  # open while Redis was dead, closed once back
     counted = counter(gw, DEGRADED)
     assert counted.get(mode, 0) >= len(down)
     assert all(value == 0 for other, value in counted.items() if other != mode)

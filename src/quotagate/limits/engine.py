@@ -25,6 +25,7 @@ from quotagate.observability.metrics import (
     DEGRADED,
     NEGATIVE_CACHE_HITS,
     STORE_ACQUIRE,
+    STORE_CIRCUIT_OPEN,
     STORE_ERRORS,
     STORE_SETTLE,
 )
@@ -76,11 +77,14 @@ class Breaker:
 
     def record(self, ok: bool, now: float) -> None:
         if ok:
+            if self.failures >= self.failures_to_open:
+                STORE_CIRCUIT_OPEN.set(0)
             self.failures = 0
             return
         self.failures += 1
         if self.failures >= self.failures_to_open:
             self.open_until = now + self.cooldown
+            STORE_CIRCUIT_OPEN.set(1)
 
     @property
     def state(self) -> str:

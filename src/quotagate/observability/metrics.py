@@ -192,3 +192,20 @@ SPEND_ANOMALIES = Counter(
     "quotagate_spend_anomalies",
     "Tenants found spending far faster than their own baseline (one per cooldown).",
 )
+IN_FLIGHT = Gauge(
+    "quotagate_upstream_in_flight",
+    "Requests sent to a deployment and not yet answered in full, by model and deployment.",
+    ("model", "deployment"),
+    multiprocess_mode="livesum",
+)
+STORE_CIRCUIT_OPEN = Gauge(
+    "quotagate_store_circuit_open",
+    "1 while the limit store's circuit breaker is open (calls skipped), else 0.",
+    multiprocess_mode="livemax",
+)
+
+
+@lru_cache(maxsize=1024)
+def in_flight(model: str, region: str, index: int) -> Any:
+    """One deployment's gauge: ``<region>/<index in the model's list>`` names it."""
+    return IN_FLIGHT.labels(model, f"{region or 'default'}/{index}")

@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from quotagate.errors import GatewayError, UpstreamError
+from quotagate.observability.metrics import in_flight
 from quotagate.pipeline.context import Headers, RequestContext
 from quotagate.upstream.client import translate
 from quotagate.upstream.usage import StreamUsage, Usage, usage_of
@@ -63,18 +64,25 @@ class Forward:
         url = target.base_url + ctx.endpoint.upstream_path
         if ctx.payload_changed:  # stages edited the request: encode it once, here
             ctx.body = orjson.dumps(ctx.payload)
+        flight = in_flight(target.model, target.region, target.index)
+        flight.inc()
         ctx.upstream_started = time.perf_counter()
         try:
-            resp = await session.post(url, data=ctx.body, headers=headers, timeout=target.timeout)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            ctx.upstream_ended = time.perf_counter()
-            raise translate(exc, ctx.model) from exc
-        try:
-            await self._relay(ctx, resp)
-        finally:
-            resp.release()
-            if not ctx.upstream_ended:  # JSON answers are stamped when read in full
+            try:
+                resp = await session.post(
+                    url, data=ctx.body, headers=headers, timeout=target.timeout
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 ctx.upstream_ended = time.perf_counter()
+                raise translate(exc, ctx.model) from exc
+            try:
+                await self._relay(ctx, resp)
+            finally:
+                resp.release()
+                if not ctx.upstream_ended:  # JSON answers are stamped when read in full
+                    ctx.upstream_ended = time.perf_counter()
+        finally:
+            flight.dec()
 
     async def _relay(self, ctx: RequestContext, resp: aiohttp.ClientResponse) -> None:
         # 5xx, and 401/403 (the gateway's own upstream credential was refused: never the
