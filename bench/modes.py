@@ -1,0 +1,170 @@
+"""Benchmark: what accounting and the access log cost, gateway against gateway, one run.
+
+The same gateway under the same saturating load (wrk, closed loop), restarted per
+mode with only the policy changed, the modes interleaved round by round so that a
+machine getting busier or quieter shifts all of them alike:
+
+- ``off``: limits only (the limits-engine path), no ledger, no access log;
+- ``budget``: plus a token quota and a money budget reserved and settled per request
+  and every request in the usage ledger (issue #4: at most 15% lost to ``off``);
+- ``log-off`` / ``log-on``: the default policy's ledger, metrics always on, the JSON
+  access log off / on (issue #7: at most 10% lost with it on).
+
+Each mode keeps its best round (noise on a shared machine only ever costs req/s).
+Proxy on core 0, mock LLM and wrk on core 1, as in ``bench/run.py``.
+
+    .venv/bin/python bench/modes.py [--rounds 3] [--duration 8] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+import yaml
+
+from cpu import LOAD_CORE, PROXY_CORE, wait_for_quiet
+from loadgen import Load, Run, require_tools, run_wrk
+from processes import Child, check_answers, free_port, start_child
+from report import write_results
+from run import BODY, CHAT, QUOTAGATE, command_line, policy, say
+
+MODES = {  # name → (accounting, access log)
+    "off": ("off", "off"),
+    "budget": ("budget", "off"),
+    "log-off": ("ledger", "off"),
+    "log-on": ("ledger", "on"),
+}
+TARGETS = (("budget", "off", 0.15, "#4: reservation, settlement and ledger"),
+           ("log-on", "log-off", 0.10, "#7: metrics and access log on"))  # fmt: skip
+MARKERS = ("<!-- bench:modes:start -->", "<!-- bench:modes:end -->")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="rounds over every mode")
+    p.add_argument("--duration", type=float, default=8, help="seconds per measured run")
+    p.add_argument("--warmup", type=float, default=2, help="seconds of warm-up per start")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated, of " + ", ".join(MODES)
+    )
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS")
+    p.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
+    return p.parse_args()
+
+
+class Modes:
+    def __init__(self, tmp: Path, args: argparse.Namespace, stack: ExitStack) -> None:
+        self.tmp, self.args, self.stack = tmp, args, stack
+        self.env = {**os.environ, "QUOTAGATE_SECRET": secrets.token_urlsafe(24)}
+
+    def start(self, name: str, core: int, cmd: list[str], port: int, env: dict[str, str]) -> Child:
+        child = start_child(
+            name, core, cmd, self.tmp / f"{name}.log", f"http://127.0.0.1:{port}", env
+        )
+        self.stack.callback(child.stop)
+        return child
+
+    def gateway(self, mode: str, upstream: str, round_: int) -> tuple[Child, Load]:
+        accounting, access_log = MODES[mode]
+        data = self.tmp / f"{mode}-{round_}"
+        data.mkdir()
+        env = {**self.env, "QUOTAGATE_DATA_DIR": str(data)}
+        port = free_port()
+        config = data / "policy.yaml"
+        config.write_text(yaml.safe_dump(policy(port, upstream, data, accounting, access_log)))
+        self.cli(env, "tenants", "create", "bench", "--plan", "enterprise", "--config", str(config))
+        out = self.cli(
+            env, "keys", "create", "--tenant", "bench", "--config", str(config), "--json"
+        )
+        cmd = [*QUOTAGATE, "serve", "--config", str(config), "--log-level", "warning"]
+        return self.start(f"gateway-{mode}", PROXY_CORE, cmd, port, env), Load(
+            json.loads(out)["key"], BODY, LOAD_CORE
+        )
+
+    @staticmethod
+    def cli(env: dict[str, str], *args: str) -> str:
+        import subprocess
+
+        result = subprocess.run([*QUOTAGATE, *args], env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"quotagate {' '.join(args)} failed:\n{result.stderr}")
+        return result.stdout
+
+    def run(self, modes: list[str]) -> dict[str, list[Run]]:
+        port = free_port()
+        mock_cmd = [*QUOTAGATE, "mock-llm", "--listen", f"127.0.0.1:{port}"]
+        mock = self.start("mock", LOAD_CORE, mock_cmd, port, self.env)
+        upstream = mock.base_url + "/v1"
+        runs: dict[str, list[Run]] = {m: [] for m in modes}
+        for round_ in range(self.args.rounds):
+            for mode in modes if round_ % 2 == 0 else reversed(modes):
+                gateway, load = self.gateway(mode, upstream, round_)
+                url = gateway.base_url + CHAT
+                headers = {
+                    "content-type": "application/json",
+                    "authorization": f"Bearer {load.key}",
+                }
+                check_answers(mode, url, BODY.encode(), headers)
+                run_wrk(url, load, self.args.connections, self.args.warmup)
+                result = run_wrk(url, load, self.args.connections, self.args.duration)
+                say(f"round {round_ + 1} {mode}: {result.rps:,.0f} req/s")
+                runs[mode].append(result)
+                gateway.stop()
+        return runs
+
+
+def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> str:
+    best = {m: max((r.rps for r in rs if r.valid), default=0.0) for m, rs in runs.items()}
+    lines = [
+        f"wrk -c{args.connections} -d{args.duration:g}s after {args.warmup:g}s warm-up; "
+        f"{args.rounds} interleaved rounds, best kept; one gateway worker on core "
+        f"{PROXY_CORE}, memory store, SQLite ledger; mock LLM and wrk on core {LOAD_CORE}.",
+        "",
+        "| mode | best req/s | every round |",
+        "|---|---:|---|",
+    ]
+    for mode, rs in runs.items():
+        rounds = ", ".join(f"{r.rps:,.0f}" for r in rs)
+        lines.append(f"| {mode} | {best[mode]:,.0f} | {rounds} |")
+    lines += ["", "**Targets:**", ""]
+    for mode, base, limit, what in TARGETS:
+        if mode in best and base in best and best[base]:
+            loss = 1 - best[mode] / best[base]
+            verdict = "met" if loss <= limit else "NOT met"
+            lines.append(
+                f"- {what}: {mode} {best[mode]:,.0f} vs {base} {best[base]:,.0f} req/s, "
+                f"{loss:.1%} lost (target ≤ {limit:.0%}): **{verdict}**"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    require_tools("wrk")
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := [m for m in modes if m not in MODES]:
+        raise SystemExit(f"unknown modes: {unknown}")
+    if args.wait_quiet:
+        wait_for_quiet(args.wait_quiet)
+    with tempfile.TemporaryDirectory(prefix="qg-modes-") as tmp, ExitStack() as stack:
+        runs = Modes(Path(tmp), args, stack).run(modes)
+    body = report(runs, args)
+    print(body)
+    if args.write:
+        repo = Path(__file__).resolve().parent.parent
+        write_results(
+            repo / "bench" / "RESULTS.md", command_line(), body, repo,
+            markers=MARKERS, title="Modes: accounting and access log, gateway against gateway",
+        )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
