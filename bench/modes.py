@@ -43,7 +43,6 @@ MODES = {  # name → (accounting, access log)
 }
 TARGETS = (("budget", "off", 0.15, "#4: reservation, settlement and ledger"),
            ("log-on", "log-off", 0.10, "#7: metrics and access log on"))  # fmt: skip
-MARKERS = ("<!-- bench:modes:start -->", "<!-- bench:modes:end -->")
 
 
 def parse_args() -> argparse.Namespace:
@@ -55,6 +54,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--modes", default=",".join(MODES), help="comma-separated, of " + ", ".join(MODES)
     )
+    p.add_argument(
+        "--database", default="sqlite",
+        help="sqlite (a file per run), or a postgresql+asyncpg:// URL (a schema per run, "
+        "dropped after)",
+    )  # fmt: skip
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS")
     p.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     return p.parse_args()
@@ -79,7 +83,12 @@ class Modes:
         env = {**self.env, "QUOTAGATE_DATA_DIR": str(data)}
         port = free_port()
         config = data / "policy.yaml"
-        config.write_text(yaml.safe_dump(policy(port, upstream, data, accounting, access_log)))
+        doc = policy(port, upstream, data, accounting, access_log)
+        if self.args.database != "sqlite":
+            schema = f"qg_bench_{secrets.token_hex(6)}"
+            doc["database"] = {"url": self.args.database, "schema": schema}
+            self.stack.callback(drop_schema, self.args.database, schema)
+        config.write_text(yaml.safe_dump(doc))
         self.cli(env, "tenants", "create", "bench", "--plan", "enterprise", "--config", str(config))
         out = self.cli(
             env, "keys", "create", "--tenant", "bench", "--config", str(config), "--json"
@@ -121,12 +130,28 @@ class Modes:
         return runs
 
 
+def drop_schema(url: str, schema: str) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def drop() -> None:
+        engine = create_async_engine(url)
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await engine.dispose()
+
+    asyncio.run(drop())
+
+
 def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> str:
     best = {m: max((r.rps for r in rs if r.valid), default=0.0) for m, rs in runs.items()}
     lines = [
         f"wrk -c{args.connections} -d{args.duration:g}s after {args.warmup:g}s warm-up; "
         f"{args.rounds} interleaved rounds, best kept; one gateway worker on core "
-        f"{PROXY_CORE}, memory store, SQLite ledger; mock LLM and wrk on core {LOAD_CORE}.",
+        f"{PROXY_CORE}, memory store, {'SQLite' if args.database == 'sqlite' else 'PostgreSQL'} "
+        f"ledger; mock LLM and wrk on core {LOAD_CORE}.",
         "",
         "| mode | best req/s | every round |",
         "|---|---:|---|",
@@ -159,10 +184,12 @@ def main() -> None:
     body = report(runs, args)
     print(body)
     if args.write:
+        db = "sqlite" if args.database == "sqlite" else "postgresql"
         repo = Path(__file__).resolve().parent.parent
         write_results(
             repo / "bench" / "RESULTS.md", command_line(), body, repo,
-            markers=MARKERS, title="Modes: accounting and access log, gateway against gateway",
+            markers=(f"<!-- bench:modes-{db}:start -->", f"<!-- bench:modes-{db}:end -->"),
+            title=f"Modes ({db} ledger): accounting and access log, gateway against gateway",
         )  # fmt: skip
 
 
