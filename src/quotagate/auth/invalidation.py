@@ -16,12 +16,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.sentinel import Sentinel
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 CHANNEL = "invalidate:keys"
@@ -30,7 +31,12 @@ START_WAIT = 2.0  # seconds start() waits for the subscription
 
 
 def _client(url: str) -> Redis:
-    """A plain client with no read timeout, on the server (or first node) of ``url``."""
+    """A plain client with no read timeout, on the server (or first node) of ``url``.
+    redis-py is imported here, not at the top: the in-process store never needs it
+    (and importing it pulls in OpenTelemetry when that is installed)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.sentinel import Sentinel
+
     parts = urlsplit(url)
     hosts = [h for h in parts.netloc.rsplit("@", 1)[-1].split(",") if h]
     host, _, port = hosts[0].rpartition(":")

@@ -14,8 +14,17 @@ from quotagate.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 _POOL_SIZE = 1000
 
 
+KEEPALIVE_TIMEOUT = 4.0  # seconds; below the 5 s idle timeout of uvicorn-based servers
+
+
 def new_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=_POOL_SIZE, ttl_dns_cache=300, keepalive_timeout=60)
+    # An idle pooled connection is dropped before the model server drops it: uvicorn
+    # (vLLM's and most Python servers') closes idle keep-alive connections after 5 s,
+    # and a request sent on one it is closing fails with a reset (seen as 502s after a
+    # lull: tests/integration/test_distributed_limits.py).
+    connector = aiohttp.TCPConnector(
+        limit=_POOL_SIZE, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_TIMEOUT
+    )
     # Bytes pass through untouched: no decompression, no default User-Agent/Accept-Encoding.
     return aiohttp.ClientSession(
         connector=connector,
