@@ -319,7 +319,8 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
         )
     endpoints["/healthz"] = Endpoint("healthz", "GET", Pipeline([Healthz()]))
     endpoints["/readyz"] = Endpoint("readyz", "GET", Pipeline([Readyz(gw)]))
-    endpoints["/metrics"] = Endpoint("metrics", "GET", Pipeline([Metrics()]))
+    if gw.snapshot.policy.observability.metrics.public:  # always on the admin listener
+        endpoints["/metrics"] = Endpoint("metrics", "GET", Pipeline([Metrics()]))
     return endpoints
 
 

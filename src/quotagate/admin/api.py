@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from quotagate.admin.repo import TOKEN_PREFIX, AdminRepo, client_json, key_json, tenant_json
@@ -33,6 +34,7 @@ from quotagate.budget.credits import (
 from quotagate.budget.usage_report import format_rows, usage_report, with_tenant_name
 from quotagate.db.repo import DatabaseError
 from quotagate.errors import GatewayError
+from quotagate.observability.multiprocess import metrics_registry
 
 if TYPE_CHECKING:
     from quotagate.app import Gateway
@@ -196,6 +198,14 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
     def plan_exists(plan: str) -> None:
         if plan not in gateway.snapshot.plans:
             raise AdminFailure(422, f"unknown plan {plan!r}", "unknown_plan", "plan")
+
+    registry = metrics_registry()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus exposition, every worker process counted; like the rest of this
+        listener, reachable only where the admin listener is (no token: scrapers)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # --- tenants ---------------------------------------------------------------------
 

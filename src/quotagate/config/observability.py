@@ -27,6 +27,14 @@ class AccessLogConfig(_Frozen):
 
 
 class MetricsConfig(_Frozen):
+    # Per-request series of the proxied endpoints (requests, durations, upstream and
+    # token metrics). Off only when something else counts requests (or to measure what
+    # they cost: bench/modes.py); /metrics still serves the rest (limits, store, ledger,
+    # health probes).
+    enabled: bool = True
+    # /metrics is always on the admin listener; also on the public one unless this is
+    # false (keep it off where clients reach the gateway directly).
+    public: bool = True
     # Per-tenant series (requests, tokens, cost): off by default, since a label per
     # tenant multiplies series. At most `max_tenants` distinct tenants per process get
     # their own label; the rest are counted as "other".

@@ -58,6 +58,7 @@ class Observer:
         self.access_log = access_log
         self.tenants = tenants
         self.tracer = tracer
+        self.metrics = True  # per-request series (observability.metrics.enabled)
         self.anomalies: SpendAnomalies | None = None  # set by the gateway when enabled
 
     def start(self, ctx: RequestContext) -> None:
@@ -69,13 +70,14 @@ class Observer:
     ) -> None:
         """``started``: the request's start; ``ended``: its response's end (settlement
         ran from then until now); ``tokens``/``micros``: what it was charged."""
-        endpoint = ctx.endpoint.name
-        model = ctx.model if ctx.target is not None else "unknown"
-        request_counter(endpoint, model, ctx.status, ctx.decision).inc()
-        request_timer(endpoint).observe(ended - started)
         charged = charged_tokens(ctx, tokens)
-        if ctx.target is not None:
-            self._model_metrics(ctx, model, started, ended, charged, micros)
+        if self.metrics:
+            endpoint = ctx.endpoint.name
+            model = ctx.model if ctx.target is not None else "unknown"
+            request_counter(endpoint, model, ctx.status, ctx.decision).inc()
+            request_timer(endpoint).observe(ended - started)
+            if ctx.target is not None:
+                self._model_metrics(ctx, model, started, ended, charged, micros)
         if self.tenants is not None and ctx.principal is not None:
             decision = decision_label(ctx.decision)
             cost = micros / 1_000_000
@@ -137,4 +139,6 @@ def build_observer(config: ObservabilityConfig) -> Observer:
         from quotagate.observability.tracing import OtelTracer  # the optional extra
 
         tracer = OtelTracer.from_environment()
-    return Observer(access_log, tenants, tracer)
+    observer = Observer(access_log, tenants, tracer)
+    observer.metrics = config.metrics.enabled
+    return observer
