@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,14 +15,12 @@ _STATUS = {"allowed": "ok", "client_disconnected": "client_disconnected", "repla
 
 
 def request_record(
-    ctx: RequestContext, started: float, tokens: int, micros: int, ended: float | None = None
+    ctx: RequestContext, started: float, ended: float, charged: tuple[int, int], micros: int
 ) -> LedgerRecord:
+    """``charged``: prompt and completion tokens (``settle.split``)."""
     p = ctx.principal
     assert p is not None, "only authenticated requests are recorded"
-    ended = time.perf_counter() if ended is None else ended
-    prompt, completion = (ctx.usage.prompt, ctx.usage.completion) if ctx.usage else (0, 0)
-    if ctx.usage is None and tokens:  # charged the reservation: no usage was reported
-        prompt, completion = ctx.prompt_estimate, tokens - ctx.prompt_estimate
+    prompt, completion = charged
     status = _STATUS.get(ctx.decision)
     if status is None:
         status = "denied" if 400 <= ctx.status < 500 else "error"

@@ -21,6 +21,16 @@ def used(ctx: RequestContext) -> tuple[int, int]:
     return 0, 0
 
 
+def split(ctx: RequestContext, tokens: int) -> tuple[int, int]:
+    """(prompt, completion) of the ``tokens`` charged: the upstream's usage, else the
+    reservation kept when the answer reported none (prompt estimate + the rest)."""
+    if ctx.usage is not None:
+        return ctx.usage.prompt, ctx.usage.completion
+    if tokens:
+        return ctx.prompt_estimate, tokens - ctx.prompt_estimate
+    return 0, 0
+
+
 def deltas(ctx: RequestContext, tokens: int, micros: int) -> list[int]:
     """Per settled counter: charge (+) or refund (-) the difference to the reservation."""
     by_unit = {"tokens": tokens - ctx.reserved_tokens, "micros": micros - ctx.reserved_micros}

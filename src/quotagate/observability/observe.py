@@ -15,6 +15,7 @@ from quotagate.config.observability import ObservabilityConfig
 from quotagate.observability.access_log import AccessLog, access_record
 from quotagate.observability.anomaly import SpendAnomalies
 from quotagate.observability.metrics import (
+    PROMPT_ESTIMATE_RATIO,
     decision_label,
     model_series,
     overhead_timer,
@@ -38,16 +39,6 @@ class Tracer(Protocol):
     def close(self) -> None: ...
 
 
-def charged_tokens(ctx: RequestContext, tokens: int) -> tuple[int, int]:
-    """(prompt, completion) charged: the upstream's usage, else the reservation kept
-    when the answer reported none (as the ledger records it)."""
-    if ctx.usage is not None:
-        return ctx.usage.prompt, ctx.usage.completion
-    if tokens:
-        return ctx.prompt_estimate, tokens - ctx.prompt_estimate
-    return 0, 0
-
-
 class Observer:
     def __init__(
         self,
@@ -66,11 +57,16 @@ class Observer:
             self.tracer.start(ctx)
 
     def finish(
-        self, ctx: RequestContext, started: float, ended: float, tokens: int, micros: int
+        self,
+        ctx: RequestContext,
+        started: float,
+        ended: float,
+        charged: tuple[int, int],
+        micros: int,
     ) -> None:
         """``started``: the request's start; ``ended``: its response's end (settlement
-        ran from then until now); ``tokens``/``micros``: what it was charged."""
-        charged = charged_tokens(ctx, tokens)
+        ran from then until now); ``charged``/``micros``: the prompt and completion
+        tokens and the money it was charged."""
         if self.metrics:
             endpoint = ctx.endpoint.name
             model = ctx.model if ctx.target is not None else "unknown"
@@ -111,6 +107,9 @@ class Observer:
             completion.inc(charged[1])
         if micros:
             cost.inc(micros / 1_000_000)
+        usage = ctx.usage
+        if usage is not None and usage.prompt > 0 and ctx.prompt_estimate:
+            PROMPT_ESTIMATE_RATIO.observe(ctx.prompt_estimate / usage.prompt)
 
     def wrap(self, stages: Sequence[Stage]) -> list[Stage]:
         """The stages, each in a span when tracing is on."""

@@ -15,7 +15,7 @@ from quotagate.budget import settle
 from quotagate.budget.ledger import LedgerRecord
 from quotagate.budget.records import request_record
 from quotagate.errors import GatewayError
-from quotagate.observability.metrics import ERRORS, PROMPT_ESTIMATE_RATIO
+from quotagate.observability.metrics import ERRORS
 from quotagate.observability.observe import METRICS_ONLY, Observer
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import ClientDisconnected
@@ -83,13 +83,12 @@ class Pipeline:
                 if ctx.reservation is not None:
                     deltas = settle.deltas(ctx, tokens, micros)
                     await self._settle.settle(ctx.reservation, ctx.settle_checks, deltas)
-            if ctx.usage is not None and ctx.usage.prompt > 0 and ctx.prompt_estimate:
-                PROMPT_ESTIMATE_RATIO.observe(ctx.prompt_estimate / ctx.usage.prompt)
             for finish in self._finish:
                 await finish(ctx)
+            charged = settle.split(ctx, tokens)
             if self._ledger is not None and ctx.principal is not None:
-                self._ledger.submit(request_record(ctx, started, tokens, micros, ended))
-            self._observer.finish(ctx, started, ended, tokens, micros)
+                self._ledger.submit(request_record(ctx, started, ended, charged, micros))
+            self._observer.finish(ctx, started, ended, charged, micros)
 
     @staticmethod
     async def _refuse(ctx: RequestContext, exc: GatewayError) -> None:
