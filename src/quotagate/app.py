@@ -24,9 +24,9 @@ import aiohttp
 
 from quotagate.auth.api_keys import KeyAuthenticator
 from quotagate.auth.identity import Identity
-from quotagate.auth.invalidation import Invalidation
+from quotagate.auth.invalidation import Invalidation, Stale
 from quotagate.budget.alerts import AlertSender, SpendAlert
-from quotagate.budget.credits import RATE_PERMILLE, credit_json
+from quotagate.budget.credits import RATE_PERMILLE
 from quotagate.budget.idempotency import Idempotency
 from quotagate.budget.ledger import LedgerWriter
 from quotagate.budget.reaper import Reaper, reap_interval
@@ -101,7 +101,7 @@ class Gateway:
         self.store = self.engine.store
         self.db = Database(policy.database.url, policy.database.schema_name)
         self.keys = KeyAuthenticator(self.db, settings.server_secret(), policy.auth.key_cache_ttl)
-        self.invalidation = Invalidation(policy.store.url, policy.store.prefix, self.keys.forget)
+        self.invalidation = Invalidation(policy.store.url, policy.store.prefix, self._forget)
         self.identity = Identity(policy, settings, self.db)
         self.session: aiohttp.ClientSession | None = None
         accounting = policy.accounting
@@ -120,6 +120,12 @@ class Gateway:
             config = policy.observability.spend_anomaly
             self.observer.anomalies = SpendAnomalies(config, self._on_anomaly)
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _forget(self, stale: Stale) -> None:
+        """Every credential cache drops what a change made stale (here or elsewhere)."""
+        self.keys.forget(stale)
+        if self.identity.jwt is not None:
+            self.identity.jwt.forget(stale)
 
     def _on_anomaly(self, anomaly: Anomaly) -> None:
         task = asyncio.get_running_loop().create_task(self._act_on_anomaly(anomaly))
@@ -163,20 +169,17 @@ class Gateway:
     async def _throttle(self, anomaly: Anomaly, factor: float) -> float | None:
         from quotagate.admin.repo import AdminRepo
 
+        repo = AdminRepo(self.db, self.settings.server_secret())
         try:
-            row = await self.db.add_credit(
-                anomaly.tenant_id, "override", "rate", round(factor * RATE_PERMILLE), None,
-                f"spend anomaly x{anomaly.ratio:.1f}",
+            await repo.add_credit(
+                "anomaly-detector", anomaly.tenant_name, "override", "rate",
+                round(factor * RATE_PERMILLE), None, f"spend anomaly x{anomaly.ratio:.1f}",
+                "rate.throttle",
             )  # fmt: skip
-            repo = AdminRepo(self.db, self.settings.server_secret())
-            await repo.audit(
-                "anomaly-detector", "rate.throttle", anomaly.tenant_name, None, credit_json(row)
-            )
-            keys = await self.db.list_keys(anomaly.tenant_name)
         except Exception as exc:  # the tenant may exist only at its IdP; the driver's errors vary
             log.warning("could not throttle tenant %s: %s", anomaly.tenant_name, type(exc).__name__)
             return None
-        await self.invalidation.publish([k.id for k in keys])
+        await self.invalidation.publish(Stale(tenants=(anomaly.tenant_name,)))
         return factor
 
     async def start(self) -> None:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quotagate.admin.repo import AdminRepo
+from quotagate.auth.invalidation import Stale
 from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy
 from quotagate.db.repo import Database, DatabaseError
@@ -372,38 +373,33 @@ def keys_revoke(
 ) -> None:
     """Revoke a key by its id. Gateways sharing a Redis store refuse it at once, the
     others within auth.key_cache_ttl."""
-    from quotagate.auth.invalidation import publish_once
 
-    if url:
-        _remote(url, token, "POST", f"/admin/v1/keys/{quote(key_id, safe='')}/revoke")
-        typer.echo(f"revoked key {key_id}")
-        return
+    async def local(repo: AdminRepo) -> tuple[Any, Stale]:
+        return await repo.revoke_key(CLI_ACTOR, key_id), Stale(keys=(key_id,))
 
-    async def action(db: Database, policy: Policy, settings: Settings) -> None:
-        await AdminRepo(db, settings.server_secret()).revoke_key(CLI_ACTOR, key_id)
-        await publish_once(policy.store.url, policy.store.prefix, [key_id])
-        typer.echo(f"revoked key {key_id}")
-
-    _with_db(config, action)
+    path = f"/admin/v1/keys/{quote(key_id, safe='')}/revoke"
+    _change(url, token, ("POST", path, None), local, config)
+    typer.echo(f"revoked key {key_id}")
 
 
 def _change(
     url: str | None,
     token: str | None,
-    remote: tuple[str, str, dict[str, Any] | None],
-    local: Callable[[AdminRepo], Awaitable[tuple[Any, list[str]]]],
+    remote: tuple[str, str, dict[str, Any] | None] | None,
+    local: Callable[[AdminRepo], Awaitable[tuple[Any, Stale]]],
     config: str | None,
 ) -> Any:
     """One admin change: through a running admin API (``--url``), or on the database
-    as the CLI's operator, telling gateways on a shared Redis to forget the keys."""
+    as the CLI's operator, telling gateways on a shared Redis what went stale."""
     if url:
+        assert remote is not None, "a command with --url says what to call"
         method, path, body = remote
         return _remote(url, token, method, path, body)
     from quotagate.auth.invalidation import publish_once
 
     async def action(db: Database, policy: Policy, settings: Settings) -> Any:
-        result, forget = await local(AdminRepo(db, settings.server_secret()))
-        await publish_once(policy.store.url, policy.store.prefix, forget)
+        result, stale = await local(AdminRepo(db, settings.server_secret()))
+        await publish_once(policy.store.url, policy.store.prefix, stale)
         return result
 
     return _with_db(config, action)
@@ -425,9 +421,9 @@ def tenants_update(
         err.print("[red]error:[/red] --status is active or suspended")
         raise typer.Exit(2)
 
-    async def local(repo: AdminRepo) -> tuple[Any, list[str]]:
+    async def local(repo: AdminRepo) -> tuple[Any, Stale]:
         row = await repo.update_tenant(CLI_ACTOR, name, plan, status)
-        return row, [k.id for k in await repo.db.list_keys(name)]
+        return row, Stale(tenants=(name,))
 
     body = {k: v for k, v in (("plan", plan), ("status", status)) if v is not None}
     _change(url, token, ("PATCH", f"/admin/v1/tenants/{quote(name, safe='')}", body), local, config)
@@ -452,9 +448,9 @@ def keys_rotate(
         err.print(f"[red]error:[/red] --overlap: {exc}")
         raise typer.Exit(2) from None
 
-    async def local(repo: AdminRepo) -> tuple[Any, list[str]]:
+    async def local(repo: AdminRepo) -> tuple[Any, Stale]:
         row, plaintext = await repo.rotate_key(CLI_ACTOR, key_id, seconds)
-        return {"key_id": row.id, "key": plaintext, "replaces": key_id}, [key_id]
+        return {"key_id": row.id, "key": plaintext, "replaces": key_id}, Stale(keys=(key_id,))
 
     path = f"/admin/v1/keys/{quote(key_id, safe='')}/rotate"
     made = _change(url, token, ("POST", path, {"overlap_seconds": seconds}), local, config)
@@ -482,8 +478,9 @@ def keys_expire(
         err.print("[red]error:[/red] --at is a duration (30d) or an ISO date/time")
         raise typer.Exit(2) from None
 
-    async def local(repo: AdminRepo) -> tuple[Any, list[str]]:
-        return await repo.revoke_key(CLI_ACTOR, key_id, when, action="key.expire"), [key_id]
+    async def local(repo: AdminRepo) -> tuple[Any, Stale]:
+        row = await repo.revoke_key(CLI_ACTOR, key_id, when, action="key.expire")
+        return row, Stale(keys=(key_id,))
 
     path = f"/admin/v1/keys/{quote(key_id, safe='')}/expire"
     _change(url, token, ("POST", path, {"at": at}), local, config)
@@ -501,8 +498,8 @@ def keys_bypass(
 ) -> None:
     """Emergency bypass: a critical key skips every limit, quota and budget while on."""
 
-    async def local(repo: AdminRepo) -> tuple[Any, list[str]]:
-        return await repo.set_bypass(CLI_ACTOR, key_id, on, reason), [key_id]
+    async def local(repo: AdminRepo) -> tuple[Any, Stale]:
+        return await repo.set_bypass(CLI_ACTOR, key_id, on, reason), Stale(keys=(key_id,))
 
     path = f"/admin/v1/keys/{quote(key_id, safe='')}/bypass"
     _change(url, token, ("POST", path, {"enabled": on, "reason": reason}), local, config)
@@ -637,17 +634,13 @@ def credits_add(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
-    async def action(db: Database, policy: Policy, settings: Settings) -> None:
-        row = await db.get_tenant(tenant)
-        credit = await db.add_credit(row.id, kind, resource, amount, expires_at, note)
-        item = credit_json(credit)
-        await AdminRepo(db, settings.server_secret()).audit(
-            CLI_ACTOR, "credit.add", tenant, None, item
-        )
-        typer.echo(json.dumps(item) if as_json else f"added {kind} {item['amount']} {resource} "
-                   f"to {tenant} (expires {item['expires_at'] or 'never'})")  # fmt: skip
+    async def local(repo: AdminRepo) -> tuple[Any, Stale]:
+        credit = await repo.add_credit(CLI_ACTOR, tenant, kind, resource, amount, expires_at, note)
+        return credit_json(credit), Stale(tenants=(tenant,))
 
-    _with_db(config, action)
+    item = _change(None, None, None, local, config)
+    typer.echo(json.dumps(item) if as_json else f"added {kind} {item['amount']} {resource} "
+               f"to {tenant} (expires {item['expires_at'] or 'never'})")  # fmt: skip
 
 
 @credits_app.command("list")
@@ -769,7 +762,6 @@ def ledger_reconcile(
 @admin_tokens_app.command("create")
 def admin_tokens_create(name: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Create an admin API token; printed once, stored hashed."""
-    from quotagate.admin.repo import AdminRepo
 
     async def action(db: Database, _: Policy, settings: Settings) -> tuple[str, str]:
         return await AdminRepo(db, settings.server_secret()).create_token(name, CLI_ACTOR)
@@ -784,7 +776,6 @@ def admin_tokens_create(name: str, config: ConfigOpt = None, as_json: JsonOpt = 
 @admin_tokens_app.command("revoke")
 def admin_tokens_revoke(token_id: str, config: ConfigOpt = None) -> None:
     """Revoke an admin API token."""
-    from quotagate.admin.repo import AdminRepo
 
     async def action(db: Database, _: Policy, settings: Settings) -> None:
         await AdminRepo(db, settings.server_secret()).revoke_token(token_id, CLI_ACTOR)

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from quotagate.cli import ConfigOpt, JsonOpt, _policy, _with_db, err
+from quotagate.admin.repo import AdminRepo, client_json
+from quotagate.auth.invalidation import Stale
+from quotagate.cli import CLI_ACTOR, ConfigOpt, JsonOpt, _change, _policy, _with_db, err
 from quotagate.config.schema import Policy
 from quotagate.db.repo import Database, DatabaseError
 from quotagate.settings import Settings
@@ -38,17 +40,15 @@ def clients_create(
             raise DatabaseError(
                 f"no plan {plan!r} in the policy (plans: {', '.join(policy.plans)})"
             )
-        row = await db.get_tenant(tenant)
-        client_id, secret = await db.create_client(row.id, settings.server_secret(), plan, name)
+        repo = AdminRepo(db, settings.server_secret())
+        row, secret = await repo.create_client(CLI_ACTOR, tenant, plan, name)
         if as_json:
-            body = {"client_id": client_id, "client_secret": secret, "tenant": tenant,
-                    "plan": plan or row.plan}  # fmt: skip
-            typer.echo(json.dumps(body))
+            typer.echo(json.dumps({**client_json(row), "client_secret": secret}))
         else:
             err.print(
-                f"client for tenant {tenant} (plan {plan or row.plan}); the secret is shown once:"
+                f"client for tenant {tenant} (plan {row.token_plan}); the secret is shown once:"
             )
-            typer.echo(f"client_id: {client_id}\nclient_secret: {secret}")
+            typer.echo(f"client_id: {row.id}\nclient_secret: {secret}")
 
     _with_db(config, action)
 
@@ -62,14 +62,7 @@ def clients_list(
     """List clients (ids and state; never their secrets)."""
 
     async def action(db: Database, _: Policy, __: Settings) -> None:
-        items = [
-            {
-                "client_id": r.id, "tenant": r.tenant_name, "plan": r.token_plan, "name": r.name,
-                "created_at": r.created_at.isoformat(timespec="seconds"),
-                "revoked_at": r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else None,
-            }
-            for r in await db.list_clients(tenant)
-        ]  # fmt: skip
+        items = [client_json(r) for r in await db.list_clients(tenant)]
         if as_json:
             typer.echo(json.dumps(items))
             return
@@ -84,15 +77,14 @@ def clients_list(
 
 @clients_app.command("revoke")
 def clients_revoke(client_id: str, config: ConfigOpt = None) -> None:
-    """Revoke a client: no new tokens; running gateways refuse its tokens within
-    auth.key_cache_ttl."""
+    """Revoke a client: no new tokens; gateways sharing a Redis store refuse its tokens
+    at once, the others within auth.key_cache_ttl."""
 
-    async def action(db: Database, _: Policy, __: Settings) -> None:
-        if not await db.revoke_client(client_id):
-            raise DatabaseError(f"no active client with id {client_id!r}")
-        typer.echo(f"revoked client {client_id}")
+    async def local(repo: AdminRepo) -> tuple[Any, Stale]:
+        return await repo.revoke_client(CLI_ACTOR, client_id), Stale(clients=(client_id,))
 
-    _with_db(config, action)
+    _change(None, None, None, local, config)
+    typer.echo(f"revoked client {client_id}")
 
 
 @oauth_app.command("rotate-key")

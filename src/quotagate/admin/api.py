@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from quotagate.admin.repo import TOKEN_PREFIX, AdminRepo, client_json, key_json, tenant_json
+from quotagate.auth.invalidation import Stale
 from quotagate.auth.jwt_auth import claim_at, scopes_of
 from quotagate.budget.credits import (
     MAX_RATE_FACTOR,
@@ -187,13 +188,17 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
 
     Actor = Annotated[str, Depends(actor)]
 
-    async def forget_keys(tenant: str | None = None, key_id: str | None = None) -> None:
-        """Every instance drops the cached keys now (Redis pub/sub; the key cache TTL
-        is the backstop)."""
-        ids = [key_id] if key_id is not None else []
-        if tenant is not None:
-            ids += [row.id for row in await gateway.db.list_keys(tenant)]
-        await gateway.invalidation.publish(ids)
+    async def forget(
+        tenant: str | None = None, key_id: str | None = None, client_id: str | None = None
+    ) -> None:
+        """Every instance drops what went stale now, for API keys and JWTs alike (Redis
+        pub/sub; the credential cache TTL is the backstop)."""
+        stale = Stale(
+            (key_id,) if key_id else (),
+            (tenant,) if tenant else (),
+            (client_id,) if client_id else (),
+        )
+        await gateway.invalidation.publish(stale)
 
     def plan_exists(plan: str) -> None:
         if plan not in gateway.snapshot.plans:
@@ -228,7 +233,7 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
         if body.plan is not None:
             plan_exists(body.plan)
         row = await repo.update_tenant(who, name, body.plan, body.status)
-        await forget_keys(tenant=name)
+        await forget(tenant=name)
         return tenant_json(row)
 
     # --- keys --------------------------------------------------------------------------
@@ -247,7 +252,7 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
     @app.post("/admin/v1/keys/{key_id}/revoke", tags=["keys"])
     async def revoke_key(key_id: str, who: Actor) -> dict[str, Any]:
         row = await repo.revoke_key(who, key_id)
-        await forget_keys(key_id=key_id)
+        await forget(key_id=key_id)
         return key_json(row)
 
     @app.post("/admin/v1/keys/{key_id}/expire", tags=["keys"])
@@ -259,13 +264,13 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
             message = "at: a duration (30d) or an ISO date/time"
             raise AdminFailure(422, message, "invalid_request", "at") from None
         row = await repo.revoke_key(who, key_id, at, action="key.expire")
-        await forget_keys(key_id=key_id)
+        await forget(key_id=key_id)
         return key_json(row)
 
     @app.post("/admin/v1/keys/{key_id}/rotate", status_code=201, tags=["keys"])
     async def rotate_key(key_id: str, body: KeyRotate, who: Actor) -> dict[str, Any]:
         row, plaintext = await repo.rotate_key(who, key_id, body.overlap_seconds)
-        await forget_keys(key_id=key_id)
+        await forget(key_id=key_id)
         return {**key_json(row), "key": plaintext, "replaces": key_id}
 
     @app.post("/admin/v1/keys/{key_id}/bypass", tags=["keys"])
@@ -273,7 +278,7 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
         row = await repo.set_bypass(who, key_id, body.enabled, body.reason)
         if body.enabled:
             log.warning("emergency bypass ON for key %s by %s: %s", key_id, who, body.reason)
-        await forget_keys(key_id=key_id)
+        await forget(key_id=key_id)
         return key_json(row)
 
     @app.post("/admin/v1/rate-raises", status_code=201, tags=["overrides"])
@@ -285,18 +290,18 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
             raise AdminFailure(
                 422, "expires: a duration or an ISO date/time", "invalid_request", "expires"
             ) from None
-        tenant = await gateway.db.get_tenant(body.tenant)
         amount = round(body.factor * RATE_PERMILLE)
-        row = await gateway.db.add_credit(tenant.id, "override", "rate", amount, expires, body.note)
-        await repo.audit(who, "rate.raise", body.tenant, None, credit_json(row))
-        await forget_keys(tenant=body.tenant)
+        row = await repo.add_credit(
+            who, body.tenant, "override", "rate", amount, expires, body.note, "rate.raise"
+        )
+        await forget(tenant=body.tenant)
         return credit_json(row)
 
     @app.post("/admin/v1/rate-raises/clear", tags=["overrides"])
     async def clear_rates(body: RateClear, who: Actor) -> dict[str, Any]:
         """End the tenant's rate raises and spend-anomaly throttles now."""
         ended = await repo.clear_rate_overrides(who, body.tenant)
-        await forget_keys(tenant=body.tenant)
+        await forget(tenant=body.tenant)
         return {"tenant": body.tenant, "ended": ended}
 
     # --- OAuth clients -------------------------------------------------------------------
@@ -316,7 +321,9 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
 
     @app.post("/admin/v1/oauth-clients/{client_id}/revoke", tags=["oauth clients"])
     async def revoke_client(client_id: str, who: Actor) -> dict[str, Any]:
-        return client_json(await repo.revoke_client(who, client_id))
+        row = await repo.revoke_client(who, client_id)
+        await forget(client_id=client_id)
+        return client_json(row)
 
     # --- credits and usage -------------------------------------------------------------
 
@@ -335,11 +342,10 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
             )
         except ValueError as exc:
             raise AdminFailure(422, f"invalid credit: {exc}", "invalid_credit") from None
-        tenant = await gateway.db.get_tenant(body.tenant)
-        db = gateway.db
-        row = await db.add_credit(tenant.id, body.kind, resource, amount, expires, body.note)
-        await repo.audit(who, "credit.add", body.tenant, None, credit_json(row))
-        await forget_keys(tenant=body.tenant)
+        row = await repo.add_credit(
+            who, body.tenant, body.kind, resource, amount, expires, body.note
+        )
+        await forget(tenant=body.tenant)
         return credit_json(row)
 
     @app.get("/admin/v1/usage", tags=["usage"])

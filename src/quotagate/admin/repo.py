@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 from sqlalchemy import select, update
 
+from quotagate.budget.credits import credit_json
 from quotagate.db.oauth_clients import ClientRow
-from quotagate.db.repo import Database, DatabaseError, KeyRow, TenantRow
+from quotagate.db.repo import CreditRow, Database, DatabaseError, KeyRow, TenantRow
 from quotagate.db.schema import admin_tokens, api_keys, audit_log, credits, tenants
 
 TOKEN_PREFIX = "qga-"
@@ -60,7 +61,8 @@ def _iso(moment: datetime | None) -> str | None:
 
 def client_json(row: ClientRow) -> dict[str, Any]:
     return {
-        "client_id": row.id, "tenant": row.tenant_name, "name": row.name, "plan": row.plan,
+        "client_id": row.id, "tenant": row.tenant_name, "name": row.name,
+        "plan": row.token_plan,  # its own, else its tenant's (what its tokens carry)
         "created_at": _iso(row.created_at), "revoked_at": _iso(row.revoked_at),
     }  # fmt: skip
 
@@ -216,6 +218,23 @@ class AdminRepo:
         if row is None:
             raise DatabaseError(f"no key with id {key_id!r}")
         return row
+
+    async def add_credit(
+        self,
+        actor: str,
+        tenant: str,
+        kind: str,
+        resource: str,
+        amount: int,
+        expires: datetime | None,
+        note: str | None,
+        action: str = "credit.add",
+    ) -> CreditRow:
+        """A credit, override or rate change for ``tenant``, audited as ``action``."""
+        row = await self.db.get_tenant(tenant)
+        credit = await self.db.add_credit(row.id, kind, resource, amount, expires, note)
+        await self.audit(actor, action, tenant, None, credit_json(credit))
+        return credit
 
     async def clear_rate_overrides(self, actor: str, tenant: str) -> int:
         """End every rate raise or throttle of ``tenant`` now; how many ended."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from quotagate.auth.invalidation import Stale
 from quotagate.auth.keys import parse_key_id, verify_key
 from quotagate.auth.principal import Grant, Principal
 from quotagate.db.repo import Database, KeyRow
@@ -28,6 +29,7 @@ class _Entry:
     key_hash: str | None  # None: no usable key with this id (unknown, revoked, suspended)
     principal: Principal | None
     expires_at: float
+    tenant: str | None  # the key's tenant (by name) when it has one, usable or not
 
 
 def _principal(row: KeyRow, grants: dict[str, Grant] | None) -> Principal:
@@ -108,15 +110,23 @@ class KeyAuthenticator:
             raise ServiceUnavailable("Cannot verify the API key right now.") from exc
         if row is not None and _usable(row):
             lifetime = min(self.ttl, _seconds_left(row))
-            entry = _Entry(row.key_hash, _principal(row, grants), self._clock() + lifetime)
+            principal = _principal(row, grants)
+            entry = _Entry(row.key_hash, principal, self._clock() + lifetime, row.tenant_name)
         else:
-            entry = _Entry(None, None, self._clock() + self.ttl)
+            tenant = row.tenant_name if row is not None else None
+            entry = _Entry(None, None, self._clock() + self.ttl, tenant)
         if len(self._cache) >= _MAX_ENTRIES:
             self._cache.clear()
         self._cache[key_id] = entry
         return entry
 
-    def forget(self, key_ids: Sequence[str]) -> None:
-        """Drop cached keys (a revocation reaches this instance at once)."""
-        for key_id in key_ids:
+    def forget(self, stale: Stale) -> None:
+        """Drop what a change made stale: those keys, and every key of those tenants
+        (refused ones too: a tenant made active again must not wait out the TTL)."""
+        for key_id in stale.keys:
             self._cache.pop(key_id, None)
+        if stale.tenants:
+            tenants = set(stale.tenants)
+            for key_id, entry in list(self._cache.items()):
+                if entry.tenant in tenants:
+                    del self._cache[key_id]

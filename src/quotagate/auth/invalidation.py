@@ -1,8 +1,11 @@
-"""Cross-instance cache invalidation: a revoked key stops on every instance at once.
+"""Cross-instance cache invalidation: a change reaches every instance at once.
 
-Each instance caches keys for ``auth.key_cache_ttl``. A change (a revoked or rotated
-key, a suspended tenant, a credit) is published on the store's Redis as the list of
-affected key ids; every instance subscribed drops those entries. The subscription
+Each instance caches who a credential is for ``auth.key_cache_ttl``: API keys, and for
+JWTs the tenant (row, status, credits), the OAuth client and the verified token. A
+change (a revoked or rotated key, a suspended tenant, a credit or rate override, a
+revoked client) is published on the store's Redis as what went stale: key ids, tenant
+names, client ids; every instance subscribed drops those entries, whichever kind of
+credential cached them. The subscription
 runs on its own connection (no command timeout: it blocks reading), reconnects after
 a failure, and the cache TTL stays the backstop for a message missed while it was
 down. With ``memory://`` there is one instance: the change is applied locally only.
@@ -15,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -26,6 +30,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CHANNEL = "invalidate:keys"
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """What a change made stale in the credential caches."""
+
+    keys: tuple[str, ...] = ()
+    tenants: tuple[str, ...] = ()  # by name: API-key and JWT principals both carry it
+    clients: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.tenants or self.clients)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"keys": self.keys, "tenants": self.tenants, "clients": self.clients})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Stale | None:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+
+        def ids(name: str) -> tuple[str, ...]:
+            value = doc.get(name)
+            return tuple(i for i in value if isinstance(i, str)) if isinstance(value, list) else ()
+
+        return cls(ids("keys"), ids("tenants"), ids("clients"))
+
+
 RETRY_AFTER = 1.0  # seconds between reconnection attempts
 START_WAIT = 2.0  # seconds start() waits for the subscription
 
@@ -37,24 +73,22 @@ def _client(url: str) -> Redis:
     from redis.asyncio import Redis
     from redis.asyncio.sentinel import Sentinel
 
+    from quotagate.store.redis import hosts, sentinel_service
+
     parts = urlsplit(url)
-    hosts = [h for h in parts.netloc.rsplit("@", 1)[-1].split(",") if h]
-    host, _, port = hosts[0].rpartition(":")
     options: dict[str, Any] = {"socket_connect_timeout": 2.0, "password": parts.password}
     if parts.scheme == "redis+sentinel":
-        service = parts.path.strip("/").split("/")[0] or "mymaster"
-        sentinels = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in hosts]
-        master: Redis = Sentinel(sentinels, **options).master_for(service)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(hosts(parts.netloc), **options)  # type: ignore[no-untyped-call]
+        master: Redis = sentinel.master_for(sentinel_service(parts.path))
         return master
     if parts.scheme == "redis+cluster":
-        return Redis(host=host, port=int(port or 6379), **options)
+        host, port = hosts(parts.netloc)[0]
+        return Redis(host=host, port=port, **options)
     return Redis.from_url(url, **options)
 
 
 class Invalidation:
-    def __init__(
-        self, store_url: str, prefix: str, forget: Callable[[Sequence[str]], None]
-    ) -> None:
+    def __init__(self, store_url: str, prefix: str, forget: Callable[[Stale], None]) -> None:
         self._url = None if store_url.startswith("memory://") else store_url
         self._channel = prefix + CHANNEL
         self._forget = forget
@@ -78,15 +112,15 @@ class Invalidation:
         if self._publisher is not None:
             await self._publisher.aclose()
 
-    async def publish(self, key_ids: Sequence[str]) -> None:
+    async def publish(self, stale: Stale) -> None:
         """Forget here at once, then tell the others (best effort: the TTL backs it)."""
-        if not key_ids:
+        if not stale:
             return
-        self._forget(key_ids)
+        self._forget(stale)
         if self._publisher is None:
             return
         try:
-            await self._publisher.publish(self._channel, orjson.dumps(list(key_ids)))
+            await self._publisher.publish(self._channel, stale.to_json())
         except Exception as exc:  # the driver's errors vary; the TTL still bounds it
             log.warning("could not publish a key invalidation: %s", type(exc).__name__)
 
@@ -115,22 +149,19 @@ class Invalidation:
             await asyncio.sleep(RETRY_AFTER)
 
     def _receive(self, data: bytes) -> None:
-        try:
-            ids = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(ids, list):
-            self._forget([i for i in ids if isinstance(i, str)])
+        stale = Stale.from_json(data)
+        if stale:
+            self._forget(stale)
 
 
-async def publish_once(store_url: str, prefix: str, key_ids: Sequence[str]) -> bool:
-    """For the CLI: tell running gateways (if they share a Redis) to forget keys;
+async def publish_once(store_url: str, prefix: str, stale: Stale) -> bool:
+    """For the CLI: tell running gateways (if they share a Redis) what went stale;
     False when Redis could not be told (the gateways' key cache TTL still applies)."""
-    if store_url.startswith("memory://") or not key_ids:
+    if store_url.startswith("memory://") or not stale:
         return True
     client = _client(store_url)
     try:
-        await client.publish(prefix + CHANNEL, orjson.dumps(list(key_ids)))
+        await client.publish(prefix + CHANNEL, stale.to_json())
     except Exception as exc:  # the driver's errors vary
         log.warning("could not publish a key invalidation: %s", type(exc).__name__)
         return False

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from quotagate.auth.invalidation import Stale
 from quotagate.auth.jwt_verify import InvalidToken, JwtVerifier, TrustedIssuer
 from quotagate.auth.principal import Grant, Principal
 from quotagate.db.repo import Database, DatabaseError, TenantRow
@@ -95,6 +96,20 @@ class JwtAuthenticator:
         self._tenants: dict[str, _Tenant] = {}
         self._clients: dict[str, tuple[bool, float]] = {}  # client id → (active, until)
         self._verified: dict[str, _Verified] = {}
+
+    def forget(self, stale: Stale) -> None:
+        """Drop what a change made stale: tenants (row, status, credits), OAuth clients,
+        and the verified tokens of either."""
+        for name in stale.tenants:
+            self._tenants.pop(name, None)
+        for client_id in stale.clients:
+            self._clients.pop(client_id, None)
+        tenants, clients = set(stale.tenants), set(stale.clients)
+        if tenants or clients:
+            for token, verified in list(self._verified.items()):
+                p = verified.principal
+                if p.tenant_name in tenants or p.key_id in clients:
+                    del self._verified[token]
 
     async def authenticate(self, token: str, plans: Collection[str]) -> Principal:
         cached = self._verified.get(token)

@@ -47,12 +47,18 @@ def _script(name: str) -> str:
     return resources.files("quotagate.store").joinpath(f"lua/{name}").read_text("utf-8")
 
 
-def _hosts(netloc: str) -> list[tuple[str, int]]:
-    hosts = []
+def hosts(netloc: str) -> list[tuple[str, int]]:
+    """``(host, port)`` of each ``H:P`` in a URL's comma-separated netloc."""
+    found = []
     for item in netloc.rsplit("@", 1)[-1].split(","):
         host, _, port = item.rpartition(":")
-        hosts.append((host or item, int(port) if port.isdigit() else 6379))
-    return hosts
+        found.append((host or item, int(port) if port.isdigit() else 6379))
+    return found
+
+
+def sentinel_service(path: str) -> str:
+    """The master's service name in ``redis+sentinel://H:P/SERVICE``."""
+    return path.strip("/").split("/")[0] or "mymaster"
 
 
 def connect(url: str, timeout: float) -> Redis | RedisCluster:
@@ -75,7 +81,7 @@ def connect(url: str, timeout: float) -> Redis | RedisCluster:
     if parts.password:
         common["password"] = parts.password
     if parts.scheme == "redis+cluster":
-        nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc)]
+        nodes = [ClusterNode(h, p) for h, p in hosts(parts.netloc)]
         # Maintenance notifications off: Redis 7.0 refuses that handshake anyway.
         return RedisCluster(
             startup_nodes=nodes,
@@ -84,9 +90,8 @@ def connect(url: str, timeout: float) -> Redis | RedisCluster:
             **common,
         )
     if parts.scheme == "redis+sentinel":
-        service = parts.path.strip("/").split("/")[0] or "mymaster"
-        sentinel = Sentinel(_hosts(parts.netloc), **common)  # type: ignore[no-untyped-call]
-        master: Redis = sentinel.master_for(service)
+        sentinel = Sentinel(hosts(parts.netloc), **common)  # type: ignore[no-untyped-call]
+        master: Redis = sentinel.master_for(sentinel_service(parts.path))
         return master
     # A plain pool: RedisStore's semaphore already holds callers to _POOL_SIZE commands
     # in flight, so the pool never runs dry (measured: a BlockingConnectionPool's
