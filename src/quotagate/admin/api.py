@@ -33,7 +33,7 @@ from quotagate.budget.credits import (
     expiry,
 )
 from quotagate.budget.usage_report import format_rows, usage_report, with_tenant_name
-from quotagate.db.repo import DatabaseError
+from quotagate.db.repo import DatabaseError, NotFoundError
 from quotagate.errors import GatewayError
 from quotagate.observability.multiprocess import metrics_registry
 
@@ -136,9 +136,9 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
 
     @app.exception_handler(DatabaseError)
     async def _db_failure(_: Request, exc: DatabaseError) -> JSONResponse:
-        message = str(exc)
-        status = 404 if message.startswith("no ") else 409
-        return _error(status, message, "not_found" if status == 404 else "conflict")
+        if isinstance(exc, NotFoundError):
+            return _error(404, str(exc), "not_found")
+        return _error(409, str(exc), "conflict")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

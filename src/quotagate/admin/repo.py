@@ -7,8 +7,6 @@ id only; before/after are the changed object's public fields.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,14 +15,20 @@ from typing import Any
 import orjson
 from sqlalchemy import select, update
 
+from quotagate.auth.keys import generate_key, hash_key, parse_key_id, verify_key
 from quotagate.budget.credits import credit_json
 from quotagate.db.oauth_clients import ClientRow
-from quotagate.db.repo import CreditRow, Database, DatabaseError, KeyRow, TenantRow
+from quotagate.db.repo import (
+    CreditRow,
+    Database,
+    DatabaseError,
+    KeyRow,
+    NotFoundError,
+    TenantRow,
+)
 from quotagate.db.schema import admin_tokens, api_keys, audit_log, credits, tenants
 
 TOKEN_PREFIX = "qga-"
-_ID_LEN = 12
-MAX_TOKEN_LEN = 128
 TENANT_STATUSES = ("active", "suspended")
 
 
@@ -91,16 +95,14 @@ class AdminRepo:
 
     # --- admin tokens --------------------------------------------------------------
 
-    def _hash(self, plaintext: str) -> str:
-        return hmac.new(self._secret, plaintext.encode(), hashlib.sha256).hexdigest()
-
     async def create_token(self, name: str, actor: str) -> tuple[str, str]:
-        token_id = secrets.token_hex(_ID_LEN // 2)
-        plaintext = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
+        """Stored like an API key (auth/keys.py), with its own prefix."""
+        token_id, plaintext = generate_key(TOKEN_PREFIX)
+        token_hash = hash_key(self._secret, plaintext)
         async with self.db.engine.begin() as conn:
             await conn.execute(
                 admin_tokens.insert().values(
-                    id=token_id, name=name, token_hash=self._hash(plaintext), created_at=_now()
+                    id=token_id, name=name, token_hash=token_hash, created_at=_now()
                 )
             )
         await self.audit(actor, "admin_token.create", token_id, None, {"name": name})
@@ -108,21 +110,16 @@ class AdminRepo:
 
     async def token_name(self, plaintext: str) -> str | None:
         """The name of the live admin token ``plaintext``, or None."""
-        sep = len(TOKEN_PREFIX) + _ID_LEN
-        if (
-            len(plaintext) > MAX_TOKEN_LEN
-            or not plaintext.startswith(TOKEN_PREFIX)
-            or plaintext[sep : sep + 1] != "_"
-        ):
+        token_id = parse_key_id(plaintext, TOKEN_PREFIX)
+        if token_id is None:
             return None
-        token_id = plaintext[len(TOKEN_PREFIX) : sep]
         async with self.db.engine.connect() as conn:
             row = (
                 await conn.execute(select(admin_tokens).where(admin_tokens.c.id == token_id))
             ).first()
         if row is None or row.revoked_at is not None:
             return None
-        if not hmac.compare_digest(self._hash(plaintext), row.token_hash):
+        if not verify_key(self._secret, plaintext, row.token_hash):
             return None
         return f"token:{row.name}"
 
@@ -134,7 +131,7 @@ class AdminRepo:
                 .values(revoked_at=_now())
             )
         if result.rowcount == 0:
-            raise DatabaseError(f"no active admin token with id {token_id!r}")
+            raise NotFoundError(f"no active admin token with id {token_id!r}")
         await self.audit(actor, "admin_token.revoke", token_id, None, None)
 
     # --- tenants -------------------------------------------------------------------
@@ -179,12 +176,7 @@ class AdminRepo:
     ) -> KeyRow:
         """Revoke now, or at ``at`` (an expiry; a key being rotated works until then)."""
         before = await self._key(key_id)
-        if before.revoked_at is not None and _utc(before.revoked_at) <= _now():  # type: ignore[operator]
-            raise DatabaseError(f"no active key with id {key_id!r}")
-        async with self.db.engine.begin() as conn:
-            await conn.execute(
-                update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=at or _now())
-            )
+        await self.db.revoke_key(key_id, at)
         after = await self._key(key_id)
         await self.audit(actor, action, key_id, key_json(before), key_json(after))
         return after
@@ -216,7 +208,7 @@ class AdminRepo:
     async def _key(self, key_id: str) -> KeyRow:
         row = await self.db.find_key(key_id)
         if row is None:
-            raise DatabaseError(f"no key with id {key_id!r}")
+            raise NotFoundError(f"no key with id {key_id!r}")
         return row
 
     async def add_credit(
@@ -264,7 +256,7 @@ class AdminRepo:
 
     async def revoke_client(self, actor: str, client_id: str) -> ClientRow:
         if not await self.db.revoke_client(client_id):
-            raise DatabaseError(f"no active OAuth client with id {client_id!r}")
+            raise NotFoundError(f"no active OAuth client with id {client_id!r}")
         client = await self.db.find_client(client_id)
         assert client is not None
         await self.audit(actor, "oauth_client.revoke", client_id, None, client_json(client))

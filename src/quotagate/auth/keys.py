@@ -13,28 +13,29 @@ import secrets
 
 PREFIX = "qg-"
 _ID_LEN = 12
-_SEP_AT = len(PREFIX) + _ID_LEN
 _HEX = frozenset("0123456789abcdef")
 # Anything longer is not one of our keys: refuse before hashing attacker-sized input.
 MAX_KEY_LEN = 128
 
 
-def generate_key() -> tuple[str, str]:
-    """A new ``(key_id, plaintext)`` pair."""
+def generate_key(prefix: str = PREFIX) -> tuple[str, str]:
+    """A new ``(key_id, plaintext)`` pair (``prefix``: ``qg-`` API keys, ``qga-``
+    admin tokens)."""
     key_id = secrets.token_hex(_ID_LEN // 2)
-    return key_id, f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    return key_id, f"{prefix}{key_id}_{secrets.token_urlsafe(32)}"
 
 
-def parse_key_id(plaintext: str) -> str | None:
+def parse_key_id(plaintext: str, prefix: str = PREFIX) -> str | None:
     """The key id inside ``plaintext``, or None when it is not shaped like our key."""
+    sep_at = len(prefix) + _ID_LEN
     if (
-        len(plaintext) <= _SEP_AT + 1
+        len(plaintext) <= sep_at + 1
         or len(plaintext) > MAX_KEY_LEN
-        or not plaintext.startswith(PREFIX)
-        or plaintext[_SEP_AT] != "_"
+        or not plaintext.startswith(prefix)
+        or plaintext[sep_at] != "_"
     ):
         return None
-    key_id = plaintext[len(PREFIX) : _SEP_AT]
+    key_id = plaintext[len(prefix) : sep_at]
     return key_id if _HEX.issuperset(key_id) else None
 
 

@@ -27,6 +27,10 @@ class DatabaseError(Exception):
     """A repository operation failed; the message is safe to show an operator."""
 
 
+class NotFoundError(DatabaseError):
+    """What the operation names does not exist (or is no longer active)."""
+
+
 @dataclass(slots=True, frozen=True)
 class TenantRow:
     id: str
@@ -180,7 +184,7 @@ class Database(CreditStore, OAuthClientStore):
             result = await conn.execute(select(tenants).where(tenants.c.name == name))
             row = result.first()
         if row is None:
-            raise DatabaseError(f"no tenant named {name!r}")
+            raise NotFoundError(f"no tenant named {name!r}")
         return TenantRow(**row._mapping)
 
     async def create_key(
@@ -216,15 +220,19 @@ class Database(CreditStore, OAuthClientStore):
             row = result.first()
         return None if row is None else KeyRow(**row._mapping)
 
-    async def revoke_key(self, key_id: str) -> None:
+    async def revoke_key(self, key_id: str, at: datetime | None = None) -> None:
+        """Revoke now, or at ``at`` (an expiry, a rotation's overlap). A key still
+        working (not revoked, or revoked at a later time) can be; a revoked one not."""
+        now = _now()
+        working = api_keys.c.revoked_at.is_(None) | (api_keys.c.revoked_at > now)
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=_now())
+                .where(api_keys.c.id == key_id, working)
+                .values(revoked_at=at or now)
             )
         if result.rowcount == 0:
-            raise DatabaseError(f"no active key with id {key_id!r}")
+            raise NotFoundError(f"no active key with id {key_id!r}")
 
 
 def _fields(row: object) -> dict[str, Any]:
