@@ -23,10 +23,19 @@ class LimitSet:
     has_leases: bool
     metered: bool  # some counter is in tokens or money: reserve, then settle
     has_quotas: bool
+    # The counters settlement adjusts (tokens or money, not a sliding window's log),
+    # by position, and their units: worked out once per plan, not once per request.
+    settled: tuple[int, ...]
+    settled_units: tuple[str, ...]
 
     @classmethod
     def of(cls, rates: tuple[CompiledLimit, ...], quotas: Iterable[CompiledLimit]) -> LimitSet:
         limits = rates + tuple(quotas)
+        settled = tuple(
+            i
+            for i, limit in enumerate(limits)
+            if limit.unit in ("tokens", "micros") and limit.algorithm != "sliding_window"
+        )
         return cls(
             limits,
             len(rates),
@@ -34,6 +43,8 @@ class LimitSet:
             any(limit.unit == "concurrent" for limit in limits),
             any(limit.unit in ("tokens", "micros") for limit in limits),
             len(limits) > len(rates),
+            settled,
+            tuple(limits[i].unit for i in settled),
         )
 
 

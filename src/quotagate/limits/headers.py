@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from quotagate.config.durations import format_go_duration
 from quotagate.limits.policy import CompiledLimit
-from quotagate.store.base import Admission, CheckOutcome
+from quotagate.store.base import CheckOutcome
 
 Headers = list[tuple[bytes, bytes]]
 _NAMES = {
@@ -40,22 +40,27 @@ def policy_header(limits: Sequence[CompiledLimit]) -> bytes:
 
 
 def rate_limit_headers(
-    limits: Sequence[CompiledLimit], admission: Admission, policy_value: bytes
+    limits: Sequence[CompiledLimit],
+    outcomes: Sequence[CheckOutcome],
+    denied: int,
+    policy_value: bytes,
 ) -> Headers:
+    """Headers of the rate ``limits``; ``outcomes`` starts with theirs (quotas' may
+    follow), ``denied`` is the refusing check's index (-1: admitted)."""
     if not limits:
         return []
     state = ", ".join(
         f'"{limit.name}";r={o.remaining};t={math.ceil(o.reset_after)}'
-        for limit, o in zip(limits, admission.outcomes, strict=True)
+        for limit, o in zip(limits, outcomes, strict=False)
     )
     headers: Headers = [(b"ratelimit-policy", policy_value), (b"ratelimit", state.encode())]
     for unit in ("requests", "tokens"):
         of_unit = [i for i, limit in enumerate(limits) if limit.unit == unit]
         if of_unit:
-            tightest = min(of_unit, key=lambda i: admission.outcomes[i].remaining)
-            headers += _openai_headers(unit, limits[tightest].amount, admission.outcomes[tightest])
-    if not admission.allowed:
-        retry = admission.outcomes[admission.denied].retry_after
+            tightest = min(of_unit, key=lambda i: outcomes[i].remaining)
+            headers += _openai_headers(unit, limits[tightest].amount, outcomes[tightest])
+    if 0 <= denied < len(limits):
+        retry = outcomes[denied].retry_after
         headers.append((b"retry-after", str(max(1, math.ceil(retry))).encode()))
         headers.append((b"retry-after-ms", str(max(1, math.ceil(retry * 1000))).encode()))
     return headers

@@ -93,7 +93,7 @@ class RequestContext:
         # "tokens" or "micros"), the record a reaper takes if this gateway dies, and what
         # the upstream reported.
         self.settle_checks: list[Adjustable] = []
-        self.settle_units: list[str] = []
+        self.settle_units: tuple[str, ...] = ()
         self.reservation: ReservationCheck | None = None
         self.prompt_estimate = 0
         self.reserved_tokens = 0

@@ -34,7 +34,6 @@ from quotagate.store.base import (
     CheckOutcome,
     CounterCheck,
     LeaseCheck,
-    RateCheck,
 )
 
 _ADJECTIVE = {"day": "daily ", "week": "weekly ", "month": "monthly "}
@@ -81,11 +80,7 @@ class Limit:
             outcome = admission.outcomes[admission.denied]
             if denied.kind == "rate":
                 _undo_degrade(ctx, mark, origin)
-                rates = _rates_only(admission, limits.rates)
-                headers = rate_limit_headers(
-                    limits.limits[: limits.rates], rates, limits.policy_header
-                )
-                ctx.response_headers.extend(headers)
+                _rate_headers(ctx, limits, admission)
                 raise RateLimited(_refusal(denied))
             if not self._degrade(ctx, plan, denied, outcome):
                 _undo_degrade(ctx, mark, origin)
@@ -125,24 +120,16 @@ class Limit:
         checks: Sequence[Check],
         admission: Admission,
     ) -> None:
-        n = limits.rates
-        if n:
-            rates = _rates_only(admission, n)
-            ctx.response_headers.extend(
-                rate_limit_headers(limits.limits[:n], rates, limits.policy_header)
-            )
+        if limits.rates:
+            _rate_headers(ctx, limits, admission)
         if limits.has_quotas:
             self._feedback(ctx, plan, limits, checks, admission)
         if limits.has_leases:
             ctx.leases = [c for c in checks if isinstance(c, LeaseCheck)]
         if limits.metered:
             ctx.reservation = checks[-1]  # type: ignore[assignment]
-            for check, limit in zip(checks, limits.limits, strict=False):
-                if limit.unit in ("tokens", "micros") and isinstance(
-                    check, RateCheck | CounterCheck
-                ):
-                    ctx.settle_checks.append(check)
-                    ctx.settle_units.append(limit.unit)
+            ctx.settle_checks = [checks[i] for i in limits.settled]  # type: ignore[misc]
+            ctx.settle_units = limits.settled_units
 
     def _feedback(
         self,
@@ -233,9 +220,11 @@ def _check(
     return limit.check(values, unique, cost, p.zone, amount)
 
 
-def _rates_only(admission: Admission, n: int) -> Admission:
-    denied = admission.denied if 0 <= admission.denied < n else -1
-    return Admission(denied < 0, admission.outcomes[:n], denied)
+def _rate_headers(ctx: RequestContext, limits: LimitSet, admission: Admission) -> None:
+    rates = limits.limits[: limits.rates]  # the rate limits come first
+    ctx.response_headers.extend(
+        rate_limit_headers(rates, admission.outcomes, admission.denied, limits.policy_header)
+    )
 
 
 def _undo_degrade(
