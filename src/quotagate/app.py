@@ -327,7 +327,7 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     return endpoints
 
 
-_NOT_FOUND = Endpoint("unknown", "", Pipeline([]))
+_NOT_FOUND = Endpoint("unknown", "", Pipeline([]))  # its pipeline never runs: Unrouted does
 
 
 class Unrouted:
@@ -386,6 +386,8 @@ class GatewayApp:
         self.gateway = gateway
         self.endpoints = build_endpoints(gateway)
         self._unrouted = Pipeline([Unrouted()], observer=gateway.observer)
+        # `server` changes need a restart (Gateway.reload): read once, not per request.
+        self._trusted = tuple(gateway.snapshot.policy.server.trusted_proxies)
         self._on_started = on_started
         self.admin_port = admin_port  # requests to this local port go to the admin API
         self._admin: Any = None
@@ -410,10 +412,8 @@ class GatewayApp:
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         endpoint = self.endpoints.get(scope["path"], _NOT_FOUND)
         ctx = RequestContext(scope, receive, send, endpoint)
-        _scan_headers(ctx, self.gateway.snapshot.policy.server.trusted_proxies)
-        if endpoint is _NOT_FOUND or (
-            scope["method"] != endpoint.method and scope["method"] not in endpoint.method.split()
-        ):
+        _scan_headers(ctx, self._trusted)
+        if endpoint is _NOT_FOUND or scope["method"] != endpoint.method:
             await self._unrouted.run(ctx)
         else:
             await endpoint.pipeline.run(ctx)

@@ -36,6 +36,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 from yarl import URL
 
+from quotagate.budget.pricing import format_money
 from quotagate.db.schema import alert_deliveries
 
 log = logging.getLogger("quotagate.alerts")
@@ -76,8 +77,8 @@ class Alert:
             "amounts_in": self.unit,
         }
         if self.unit == "micros":
-            payload["limit_amount"] = _money(self.limit)
-            payload["used_amount"] = _money(self.used)
+            payload["limit_amount"] = format_money(self.limit)
+            payload["used_amount"] = format_money(self.used)
         return orjson.dumps(payload)
 
 
@@ -117,11 +118,6 @@ class SpendAlert:
 
 
 Notice = Alert | SpendAlert
-
-
-def _money(micros: int) -> str:
-    whole, frac = divmod(abs(micros), 1_000_000)  # integers: no float rounding
-    return f"{'-' if micros < 0 else ''}{whole}.{frac:06d}"
 
 
 def _digest(secret: bytes, timestamp: int, body: bytes) -> str:

@@ -40,8 +40,12 @@ class EstimatorUnavailable(RuntimeError):
     """``tiktoken`` was asked for and cannot be loaded without the network."""
 
 
+def chars_to_tokens(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN)  # ceil: an estimate should not undercount
+
+
 def text_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)  # ceil: an estimate should not undercount
+    return chars_to_tokens(len(text))
 
 
 class Estimator:

@@ -21,8 +21,8 @@ from quotagate.store.base import CheckOutcome, CounterCheck
 Headers = list[tuple[bytes, bytes]]
 
 
-def reset_time(reset_after: float, now: float | None = None) -> str:
-    return _iso(round((time.time() if now is None else now) + reset_after))
+def reset_time(reset_after: float) -> str:
+    return _iso(round(time.time() + reset_after))
 
 
 @lru_cache(maxsize=1024)

@@ -2,7 +2,7 @@
 
 The first request with a key claims it in the shared store (set-if-absent) and goes
 on; when it ends with a 2xx, its answer (JSON, or the SSE bytes as relayed, up to
-``_MAX_KEPT``) is kept for ``accounting.idempotency_ttl`` and replayed to any retry
+``MAX_KEPT``) is kept for ``accounting.idempotency_ttl`` and replayed to any retry
 with the same key and body, with ``idempotent-replayed: true``, charging nothing. A
 retry while the first is in flight gets 409; the same key with another body, 422; a
 failed first attempt frees the key so the retry is served (and charged) normally.
@@ -21,7 +21,7 @@ from quotagate.pipeline.stage import Answered, PolicySource
 from quotagate.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
-_MAX_KEPT = 1 << 20  # bytes of an answer kept for replay; a longer one is not replayable
+MAX_KEPT = 1 << 20  # bytes of an answer kept for replay; a longer one is not replayable
 _PENDING, _DONE = b"p", b"d"
 
 
@@ -72,7 +72,7 @@ class Idempotency:
             return
         key, fingerprint = ctx.idempotency_store
         kept = ctx.kept_body
-        if kept is not None and sum(map(len, kept)) > _MAX_KEPT:
+        if kept is not None and sum(map(len, kept)) > MAX_KEPT:
             kept = None
         try:
             if 200 <= ctx.status < 300 and kept is not None:

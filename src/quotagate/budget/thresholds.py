@@ -40,7 +40,7 @@ class QuotaAlerts:
         currency: str,
     ) -> None:
         now = time.time()
-        start = check.start if now < check.end else check.end
+        start = check.period_at(now)[0]
         key = f"al:{{t:{principal.tenant_id}}}:{check.key}:{start:.0f}:{threshold}"
         if self.sender is None or key in self._claimed:
             return

@@ -97,8 +97,7 @@ def _scaled(check: Check, instances: int) -> Check:
         return check._replace(
             interval=check.interval * instances, capacity=max(1, check.capacity // instances)
         )
-    if isinstance(check, ReservationCheck):
-        return check
+    assert not isinstance(check, ReservationCheck), "only limits are decided locally"
     return check._replace(limit=max(1, check.limit // instances))
 
 
@@ -205,17 +204,13 @@ class LimitEngine:
 
     async def settle(
         self,
-        reservation: ReservationCheck | None,
+        reservation: ReservationCheck,
         checks: Sequence[Adjustable],
         deltas: Sequence[int],
     ) -> bool:
         """Replace a request's reservation by what it used. False when a reaper took the
         reservation first (it is in the ledger as unsettled) or the store cannot answer
         (then the reservation stays charged and is reaped: never silently forgiven)."""
-        if reservation is None:
-            if any(deltas):
-                await self.adjust(checks, deltas)
-            return True
         if not self.remote:
             return await self.store.settle(reservation, checks, deltas)
         started = time.perf_counter()

@@ -27,6 +27,7 @@ class RequestContext:
         "idempotency_key",
         "idempotency_store",
         "kept_body",
+        "kept_bytes",
         "leases",
         "max_tokens",
         "model",
@@ -74,6 +75,7 @@ class RequestContext:
         # The claimed key and the request's fingerprint, to finish after the response.
         self.idempotency_store: tuple[str, bytes] | None = None
         self.kept_body: list[bytes] | None = None  # the answer's bytes, kept for replay
+        self.kept_bytes = 0
         self.response_type = b""
         self.api_key = ""
         self.content_length = -1

@@ -16,6 +16,7 @@ from typing import Protocol
 import aiohttp
 import orjson
 
+from quotagate.budget.idempotency import MAX_KEPT
 from quotagate.errors import GatewayError, UpstreamError
 from quotagate.observability.metrics import in_flight
 from quotagate.pipeline.context import Headers, RequestContext
@@ -147,21 +148,18 @@ class Forward:
         self, ctx: RequestContext, resp: aiohttp.ClientResponse, usage: StreamUsage
     ) -> None:
         send = ctx.send
-        kept = ctx.kept_body
-        if kept is not None:
+        if ctx.kept_body is not None:
             ctx.response_type = b"text/event-stream"
         try:
             async for chunk in resp.content.iter_any():
                 out = usage.feed(chunk)
                 if not ctx.first_token and usage.text_chars:  # a role-only chunk is no token
                     ctx.first_token = time.perf_counter()
-                if kept is not None and out:
-                    kept.append(out)
                 if out:
+                    _keep(ctx, out)
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             if rest := usage.flush():
-                if kept is not None:
-                    kept.append(rest)
+                _keep(ctx, rest)
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = translate(exc, ctx.model)
@@ -175,3 +173,15 @@ class Forward:
 async def _disconnected(ctx: RequestContext) -> None:
     while (await ctx.receive())["type"] != "http.disconnect":
         pass
+
+
+def _keep(ctx: RequestContext, data: bytes) -> None:
+    """Hold a streamed answer for replay (an Idempotency-Key), up to ``MAX_KEPT``: past
+    it the answer is not replayable, so nothing more is held."""
+    kept = ctx.kept_body
+    if kept is None:
+        return
+    kept.append(data)
+    ctx.kept_bytes += len(data)
+    if ctx.kept_bytes > MAX_KEPT:
+        ctx.kept_body = None

@@ -33,7 +33,7 @@ class LimitSettlement(Protocol):
 
     async def settle(
         self,
-        reservation: ReservationCheck | None,
+        reservation: ReservationCheck,
         checks: Sequence[Adjustable],
         deltas: Sequence[int],
     ) -> bool: ...

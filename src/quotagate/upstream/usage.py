@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from quotagate.budget.estimate import CHARS_PER_TOKEN
+from quotagate.budget.estimate import chars_to_tokens
 
 
 class Usage(NamedTuple):
@@ -92,4 +92,4 @@ class StreamUsage:
 
     @property
     def produced_tokens(self) -> int:
-        return -(-self.text_chars // CHARS_PER_TOKEN)
+        return chars_to_tokens(self.text_chars)
