@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from quotagate.admin.repo import AdminRepo
+from quotagate.admin.repo import AdminRepo, key_json, tenant_json
 from quotagate.auth.invalidation import Stale
 from quotagate.config.loader import load_policy
 from quotagate.config.schema import Policy
@@ -223,33 +223,21 @@ def tenants_create(
     if url:
         body = {"name": name, "plan": plan, "timezone": timezone, "billing_day": billing_day}
         made = _remote(url, token, "POST", "/admin/v1/tenants", body)
-        typer.echo(json.dumps(made) if as_json else f"created tenant {made['name']} "
-                   f"({made['id']}) on plan {made['plan']}")  # fmt: skip
-        return
+    else:
 
-    async def action(db: Database, policy: Policy, settings: Settings) -> None:
-        if plan not in policy.plans:
-            raise DatabaseError(
-                f"no plan {plan!r} in the policy (plans: {', '.join(policy.plans)})"
-            )
-        repo = AdminRepo(db, settings.server_secret())
-        row = await repo.create_tenant(CLI_ACTOR, name, plan, timezone, billing_day)
-        if as_json:
-            typer.echo(
-                json.dumps(
-                    {
-                        "id": row.id,
-                        "name": row.name,
-                        "plan": row.plan,
-                        "timezone": row.timezone,
-                        "billing_day": row.billing_day,
-                    }
+        async def action(db: Database, policy: Policy, settings: Settings) -> dict[str, Any]:
+            if plan not in policy.plans:
+                raise DatabaseError(
+                    f"no plan {plan!r} in the policy (plans: {', '.join(policy.plans)})"
                 )
+            repo = AdminRepo(db, settings.server_secret())
+            return tenant_json(
+                await repo.create_tenant(CLI_ACTOR, name, plan, timezone, billing_day)
             )
-        else:
-            typer.echo(f"created tenant {row.name} ({row.id}) on plan {row.plan}")
 
-    _with_db(config, action)
+        made = _with_db(config, action)
+    typer.echo(json.dumps(made) if as_json else f"created tenant {made['name']} "
+               f"({made['id']}) on plan {made['plan']}")  # fmt: skip
 
 
 @tenants_app.command("list")
@@ -259,32 +247,19 @@ def tenants_list(
     """List tenants."""
     if url:
         rows = _remote(url, token, "GET", "/admin/v1/tenants")["data"]
-        if as_json:
-            typer.echo(json.dumps(rows))
-            return
-        table = Table("name", "id", "plan", "status", "created")
-        for t in rows:
-            table.add_row(t["name"], t["id"], t["plan"], t["status"], t["created_at"])
-        Console().print(table)
+    else:
+
+        async def action(db: Database, _: Policy, __: Settings) -> list[dict[str, Any]]:
+            return [tenant_json(r) for r in await db.list_tenants()]
+
+        rows = _with_db(config, action)
+    if as_json:
+        typer.echo(json.dumps(rows))
         return
-
-    async def action(db: Database, _: Policy, __: Settings) -> None:
-        rows = await db.list_tenants()
-        if as_json:
-            typer.echo(
-                json.dumps(
-                    [{"id": r.id, "name": r.name, "plan": r.plan, "status": r.status} for r in rows]
-                )
-            )
-            return
-        table = Table("name", "id", "plan", "status", "created")
-        for r in rows:
-            table.add_row(
-                r.name, r.id, r.plan, r.status, r.created_at.isoformat(timespec="seconds")
-            )
-        Console().print(table)
-
-    _with_db(config, action)
+    table = Table("name", "id", "plan", "status", "created")
+    for t in rows:
+        table.add_row(t["name"], t["id"], t["plan"], t["status"], t["created_at"])
+    Console().print(table)
 
 
 @keys_app.command("create")
@@ -350,19 +325,7 @@ def keys_list(
         return
 
     async def action(db: Database, _: Policy, __: Settings) -> None:
-        rows = await db.list_keys(tenant)
-        show([
-            {
-                "key_id": r.id,
-                "prefix": display_prefix(r.id),
-                "tenant": r.tenant_name,
-                "name": r.name,
-                "user": r.user_id,
-                "created_at": r.created_at.isoformat(timespec="seconds"),
-                "revoked_at": r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else None,
-            }
-            for r in rows
-        ])  # fmt: skip
+        show([key_json(r) for r in await db.list_keys(tenant)])
 
     _with_db(config, action)
 
