@@ -14,32 +14,49 @@ from quotagate.observability.metrics import TENANT_COST, TENANT_REQUESTS, TENANT
 OTHER = "other"
 
 
+class _Series:
+    """One tenant label's children, looked up once (``labels()`` takes a lock and
+    builds a key tuple on every call: metrics.py measured 2.0 → 0.4 µs an increment)."""
+
+    __slots__ = ("completion", "cost", "decisions", "name", "prompt")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.prompt = TENANT_TOKENS.labels(name, "prompt")
+        self.completion = TENANT_TOKENS.labels(name, "completion")
+        self.cost = TENANT_COST.labels(name)
+        self.decisions: dict[str, Any] = {}
+
+
 class TenantSeries:
     def __init__(self, max_tenants: int) -> None:
         self._max = max_tenants
-        self._names: set[str] = set()
-        self._series: dict[str, tuple[Any, Any, Any]] = {}  # by label
+        self._series: dict[str, _Series] = {}  # the first max_tenants tenants
+        self._other: _Series | None = None  # every later one
 
     def label(self, tenant: str) -> str:
-        if tenant in self._names:
-            return tenant
-        if len(self._names) < self._max:
-            self._names.add(tenant)
-            return tenant
-        return OTHER
+        return self._of(tenant).name
+
+    def _of(self, tenant: str) -> _Series:
+        series = self._series.get(tenant)
+        if series is not None:
+            return series
+        if len(self._series) < self._max:
+            series = self._series[tenant] = _Series(tenant)
+            return series
+        if self._other is None:
+            self._other = _Series(OTHER)
+        return self._other
 
     def count(self, tenant: str, decision: str, prompt: int, completion: int, cost: float) -> None:
-        name = self.label(tenant)
-        TENANT_REQUESTS.labels(name, decision).inc()
-        if not (prompt or completion or cost):
-            return
-        series = self._series.get(name)
-        if series is None:
-            series = self._series[name] = (
-                TENANT_TOKENS.labels(name, "prompt"),
-                TENANT_TOKENS.labels(name, "completion"),
-                TENANT_COST.labels(name),
-            )
-        series[0].inc(prompt)
-        series[1].inc(completion)
-        series[2].inc(cost)
+        series = self._of(tenant)
+        requests = series.decisions.get(decision)
+        if requests is None:
+            requests = series.decisions[decision] = TENANT_REQUESTS.labels(series.name, decision)
+        requests.inc()
+        if prompt:
+            series.prompt.inc(prompt)
+        if completion:
+            series.completion.inc(completion)
+        if cost:
+            series.cost.inc(cost)
