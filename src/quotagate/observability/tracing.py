@@ -164,6 +164,16 @@ def _outcome(ctx: RequestContext) -> dict[str, Any]:
     return attributes
 
 
+async def _run_in(span: trace.Span, stage: Stage, ctx: RequestContext) -> None:
+    """Run ``stage``; a gateway error marks ``span`` failed, with its code and class."""
+    try:
+        await stage(ctx)
+    except GatewayError as exc:
+        span.set_status(StatusCode.ERROR, exc.code)
+        span.set_attribute("error.type", type(exc).__name__)
+        raise
+
+
 class _Traced:
     """A stage in a child span of the request's span."""
 
@@ -176,11 +186,7 @@ class _Traced:
     async def __call__(self, ctx: RequestContext) -> None:
         span = self._tracer.start_span(self._span_name, context=set_span_in_context(ctx.span))
         try:
-            await self._stage(ctx)
-        except GatewayError as exc:
-            span.set_status(StatusCode.ERROR, exc.code)
-            span.set_attribute("error.type", type(exc).__name__)
-            raise
+            await _run_in(span, self._stage, ctx)
         finally:
             span.end()
 
@@ -213,11 +219,7 @@ class _Upstream:
         )
         _propagate(ctx, span)
         try:
-            await self._stage(ctx)
-        except GatewayError as exc:
-            span.set_status(StatusCode.ERROR, exc.code)
-            span.set_attribute("error.type", type(exc).__name__)
-            raise
+            await _run_in(span, self._stage, ctx)
         finally:
             self._finish(ctx, span)
 
