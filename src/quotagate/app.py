@@ -12,21 +12,19 @@ import gc
 import logging
 import os
 import re
-import secrets
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from quotagate.admin.repo import AdminRepo
 from quotagate.auth.api_keys import KeyAuthenticator
 from quotagate.auth.identity import Identity
 from quotagate.auth.invalidation import Invalidation, Stale
-from quotagate.budget.alerts import AlertSender, SpendAlert
-from quotagate.budget.credits import RATE_PERMILLE
+from quotagate.budget.alerts import AlertSender
 from quotagate.budget.idempotency import Idempotency
 from quotagate.budget.ledger import LedgerWriter
 from quotagate.budget.reaper import Reaper, reap_interval
@@ -38,8 +36,8 @@ from quotagate.db.repo import Database
 from quotagate.errors import ConfigError, MethodNotAllowed, NotFound
 from quotagate.ids import new_id
 from quotagate.limits.engine import EngineSettings, LimitEngine
-from quotagate.observability.anomaly import Anomaly, SpendAnomalies
-from quotagate.observability.metrics import RELOADS, SPEND_ANOMALIES
+from quotagate.observability.anomaly import AnomalyResponse, SpendAnomalies
+from quotagate.observability.metrics import RELOADS
 from quotagate.observability.observe import build_observer
 from quotagate.pipeline.authenticate import Authenticate
 from quotagate.pipeline.authorize import Authorize
@@ -55,7 +53,7 @@ from quotagate.pipeline.route import Route
 from quotagate.pipeline.runner import Pipeline
 from quotagate.pipeline.stage import Stage
 from quotagate.settings import Settings
-from quotagate.store.base import LimitStore, StoreUnavailable
+from quotagate.store.base import LimitStore
 from quotagate.store.memory import MemoryStore
 from quotagate.upstream.client import new_session
 
@@ -118,69 +116,17 @@ class Gateway:
         self.observer = build_observer(policy.observability)  # restart to change it
         if policy.observability.spend_anomaly.enabled:
             config = policy.observability.spend_anomaly
-            self.observer.anomalies = SpendAnomalies(config, self._on_anomaly)
-        self._tasks: set[asyncio.Task[None]] = set()
+            repo = AdminRepo(self.db, settings.server_secret())
+            respond = AnomalyResponse(
+                config, self.engine, repo, self.invalidation, self.alerts, self
+            )
+            self.observer.anomalies = SpendAnomalies(config, respond)
 
     def _forget(self, stale: Stale) -> None:
         """Every credential cache drops what a change made stale (here or elsewhere)."""
         self.keys.forget(stale)
         if self.identity.jwt is not None:
             self.identity.jwt.forget(stale)
-
-    def _on_anomaly(self, anomaly: Anomaly) -> None:
-        task = asyncio.get_running_loop().create_task(self._act_on_anomaly(anomaly))
-        self._tasks.add(task)  # the loop holds only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
-
-    async def _act_on_anomaly(self, anomaly: Anomaly) -> None:
-        """Once per tenant per cooldown across instances: log, count, throttle if so
-        configured (a rate override every instance applies), and send the webhook."""
-        config = self.snapshot.policy.observability.spend_anomaly
-        try:
-            claimed = await self.engine.put_if_absent(
-                f"an:{{t:{anomaly.tenant_id}}}", b"1", config.cooldown
-            )
-        except StoreUnavailable:
-            claimed = None  # an alert twice beats none
-        if claimed is not None:
-            return
-        SPEND_ANOMALIES.inc()
-        log.warning(
-            "spend anomaly: tenant %s spends %.4f an hour against a baseline of %.4f (x%.1f)",
-            anomaly.tenant_name, anomaly.recent_per_hour, anomaly.baseline_per_hour, anomaly.ratio,
-        )  # fmt: skip
-        throttled = await self._throttle(anomaly, config.throttle) if config.throttle else None
-        plan = self.snapshot.plans.get(anomaly.plan)
-        if self.alerts.sender is not None:
-            self.alerts.sender.send(
-                SpendAlert(
-                    alert_id=secrets.token_hex(16),
-                    tenant_id=anomaly.tenant_id,
-                    tenant_name=anomaly.tenant_name,
-                    recent_per_hour=anomaly.recent_per_hour,
-                    baseline_per_hour=anomaly.baseline_per_hour,
-                    ratio=anomaly.ratio,
-                    throttled_to=throttled,
-                    currency=plan.currency if plan else "USD",
-                    at=datetime.now(UTC),
-                )
-            )
-
-    async def _throttle(self, anomaly: Anomaly, factor: float) -> float | None:
-        from quotagate.admin.repo import AdminRepo
-
-        repo = AdminRepo(self.db, self.settings.server_secret())
-        try:
-            await repo.add_credit(
-                "anomaly-detector", anomaly.tenant_name, "override", "rate",
-                round(factor * RATE_PERMILLE), None, f"spend anomaly x{anomaly.ratio:.1f}",
-                "rate.throttle",
-            )  # fmt: skip
-        except Exception as exc:  # the tenant may exist only at its IdP; the driver's errors vary
-            log.warning("could not throttle tenant %s: %s", anomaly.tenant_name, type(exc).__name__)
-            return None
-        await self.invalidation.publish(Stale(tenants=(anomaly.tenant_name,)))
-        return factor
 
     async def start(self) -> None:
         await self.db.create_schema()

@@ -15,13 +15,31 @@ across instances by the caller.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from quotagate.auth.invalidation import Invalidation, Stale
 from quotagate.auth.principal import Principal
+from quotagate.budget.alerts import SpendAlert
+from quotagate.budget.credits import RATE_PERMILLE
 from quotagate.config.observability import SpendAnomalyConfig
+from quotagate.observability.metrics import SPEND_ANOMALIES
+from quotagate.store.base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from quotagate.admin.repo import AdminRepo
+    from quotagate.budget.thresholds import QuotaAlerts
+    from quotagate.limits.engine import LimitEngine
+    from quotagate.pipeline.stage import PolicySource
+
+log = logging.getLogger(__name__)
 
 _MAX_TENANTS = 100_000
 
@@ -91,3 +109,74 @@ class SpendAnomalies:
             self._on_anomaly(found)
         elif rates.flagged and rates.recent < self._threshold * rates.baseline / 2:
             rates.flagged = False  # back to normal: the next burst is a new episode
+
+
+class AnomalyResponse:
+    """What the gateway does about an anomaly: once per tenant per cooldown across
+    instances (claimed in the store), log, count, throttle if so configured (a rate
+    override every instance applies), and send the signed webhook."""
+
+    def __init__(
+        self,
+        config: SpendAnomalyConfig,
+        engine: LimitEngine,
+        repo: AdminRepo,
+        invalidation: Invalidation,
+        alerts: QuotaAlerts,
+        policy: PolicySource,
+    ) -> None:
+        self._config, self._engine, self._repo = config, engine, repo
+        self._invalidation, self._alerts, self._policy = invalidation, alerts, policy
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, anomaly: Anomaly) -> None:
+        task = asyncio.get_running_loop().create_task(self._respond(anomaly))
+        self._tasks.add(task)  # the loop holds only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _respond(self, anomaly: Anomaly) -> None:
+        try:
+            claimed = await self._engine.put_if_absent(
+                f"an:{{t:{anomaly.tenant_id}}}", b"1", self._config.cooldown
+            )
+        except StoreUnavailable:
+            claimed = None  # an alert twice beats none
+        if claimed is not None:
+            return
+        SPEND_ANOMALIES.inc()
+        log.warning(
+            "spend anomaly: tenant %s spends %.4f an hour against a baseline of %.4f (x%.1f)",
+            anomaly.tenant_name, anomaly.recent_per_hour, anomaly.baseline_per_hour, anomaly.ratio,
+        )  # fmt: skip
+        factor = self._config.throttle
+        throttled = await self._throttle(anomaly, factor) if factor else None
+        sender = self._alerts.sender
+        if sender is None:
+            return
+        plan = self._policy.snapshot.plans.get(anomaly.plan)
+        sender.send(
+            SpendAlert(
+                alert_id=secrets.token_hex(16),
+                tenant_id=anomaly.tenant_id,
+                tenant_name=anomaly.tenant_name,
+                recent_per_hour=anomaly.recent_per_hour,
+                baseline_per_hour=anomaly.baseline_per_hour,
+                ratio=anomaly.ratio,
+                throttled_to=throttled,
+                currency=plan.currency if plan else "USD",
+                at=datetime.now(UTC),
+            )
+        )
+
+    async def _throttle(self, anomaly: Anomaly, factor: float) -> float | None:
+        try:
+            await self._repo.add_credit(
+                "anomaly-detector", anomaly.tenant_name, "override", "rate",
+                round(factor * RATE_PERMILLE), None, f"spend anomaly x{anomaly.ratio:.1f}",
+                "rate.throttle",
+            )  # fmt: skip
+        except Exception as exc:  # the tenant may exist only at its IdP; the driver's errors vary
+            log.warning("could not throttle tenant %s: %s", anomaly.tenant_name, type(exc).__name__)
+            return None
+        await self._invalidation.publish(Stale(tenants=(anomaly.tenant_name,)))
+        return factor
