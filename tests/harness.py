@@ -102,6 +102,10 @@ def policy(upstream: str, **overrides: Any) -> dict[str, Any]:
             },
             "text-embedding-3-small": {"deployments": [{"url": upstream}]},
         },
+        # Tests of other features make the one mock fail on purpose ([[mock:error=500]]):
+        # that must not open its circuit for the tests after them (test_routing.py
+        # tests the breaker on fleets of its own).
+        "routing": {"breaker": {"consecutive_failures": 1000, "min_requests": 1000}},
         "plans": {
             "free": {
                 "models": ["gpt-3.5-turbo", "text-embedding-3-small"],

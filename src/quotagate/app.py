@@ -52,6 +52,10 @@ from quotagate.pipeline.responses import send_json
 from quotagate.pipeline.route import Route
 from quotagate.pipeline.runner import Pipeline
 from quotagate.pipeline.stage import Stage
+from quotagate.routing.cache import ResponseCache
+from quotagate.routing.checks import HealthChecks
+from quotagate.routing.health import HealthRegistry
+from quotagate.routing.router import Router
 from quotagate.settings import Settings
 from quotagate.store.base import LimitStore
 from quotagate.store.memory import MemoryStore
@@ -93,7 +97,9 @@ class Gateway:
     """Long-lived state: policy snapshot, store, database, upstream pool."""
 
     def __init__(self, policy: Policy, settings: Settings) -> None:
-        self.snapshot = Snapshot.compile(policy)
+        self.health = HealthRegistry(policy.routing.breaker)
+        self.snapshot = Snapshot.compile(policy, self.health)
+        self.router = Router(policy.routing)
         self.settings = settings
         self.engine = open_engine(policy.store)
         self.store = self.engine.store
@@ -102,6 +108,10 @@ class Gateway:
         self.invalidation = Invalidation(policy.store.url, policy.store.prefix, self._forget)
         self.identity = Identity(policy, settings, self.db)
         self.session: aiohttp.ClientSession | None = None
+        self.checks = HealthChecks(self, self.health)
+        self._announcing: set[asyncio.Task[None]] = set()
+        if policy.routing.share_health:
+            self.health.announce = self._announce_circuit
         accounting = policy.accounting
         self.ledger: LedgerWriter | None = None
         if accounting.ledger.enabled:
@@ -123,16 +133,30 @@ class Gateway:
             self.observer.anomalies = SpendAnomalies(config, respond)
 
     def _forget(self, stale: Stale) -> None:
-        """Every credential cache drops what a change made stale (here or elsewhere)."""
+        """Every credential cache drops what a change made stale (here or elsewhere);
+        a circuit another instance opened is opened here too."""
         self.keys.forget(stale)
         if self.identity.jwt is not None:
             self.identity.jwt.forget(stale)
+        for circuit in stale.circuits:
+            model, _, name = circuit.partition("\n")
+            health = self.health.find(model, name)
+            if health is not None:
+                health.opened_elsewhere("opened by another instance")
+
+    def _announce_circuit(self, model: str, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.invalidation.publish(Stale(circuits=(f"{model}\n{name}",)))
+        )
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
 
     async def start(self) -> None:
         await self.db.create_schema()
         await self.engine.start()
         await self.identity.start()
         self.session = new_session()
+        self.checks.start()
         if self.ledger is not None:
             await self.ledger.start()
         self.alerts.sender = self._alert_sender(self.session)
@@ -154,6 +178,7 @@ class Gateway:
     async def stop(self) -> None:
         """Shutdown (SIGTERM): in-flight requests have ended; write what they left."""
         await self.reaper.stop()
+        await self.checks.stop()
         await self.invalidation.stop()
         if self.alerts.sender is not None:
             await self.alerts.sender.close()
@@ -174,7 +199,8 @@ class Gateway:
                 log.warning("policy reload: changes to %r take effect on restart", part)
         if (old.auth.jwt, old.auth.oauth_issuer) != (policy.auth.jwt, policy.auth.oauth_issuer):
             log.warning("policy reload: changes to JWT issuers take effect on restart")
-        self.snapshot = Snapshot.compile(policy)
+        self.snapshot = Snapshot.compile(policy, self.health)
+        self.router.configure(policy.routing)
         self.keys.ttl = policy.auth.key_cache_ttl
         if self.identity.jwt is not None:
             self.identity.jwt.ttl = policy.auth.key_cache_ttl
@@ -214,11 +240,16 @@ class Readyz:
         # Without the store, limits fall back to their on_store_error policy: the
         # instance can still serve unless some limit is "closed".
         ready = db_ok and (store_ok or not gw.snapshot.store_required)
+        deployments: dict[str, dict[str, object]] = {}
+        for name, route in gw.snapshot.catalog.items():
+            if name == route.name:  # not an alias
+                deployments[name] = {t.name: t.health.detail() for t in route.targets}
         body = {
             "status": "ready" if ready else "not_ready",
             "store": "ok" if store_ok else "down",
             "store_breaker": gw.engine.breaker.state,
             "database": "ok" if db_ok else "down",
+            "deployments": deployments,
         }
         await send_json(ctx, 200 if ready else 503, body)
 
@@ -226,17 +257,19 @@ class Readyz:
 def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     authenticate = Authenticate(gw, gw.keys, gw.identity.jwt)
     idempotency = Idempotency(gw.engine, gw)
+    cache = ResponseCache(gw, gw.engine)
     stages: list[Stage] = gw.observer.wrap([
         authenticate,
         Parse(gw),
         idempotency,
         Authorize(gw),
-        Route(gw),
-        Limit(gw.engine, gw, gw.alerts),
-        Forward(gw),
+        Route(gw, gw.router, cache),
+        Limit(gw.engine, gw, gw.alerts, gw.router),
+        cache,
+        Forward(gw, gw, gw.router, cache),
     ])  # fmt: skip
     proxy = Pipeline(
-        stages, settle=gw.engine, ledger=gw.ledger, finish=[idempotency.finish],
+        stages, settle=gw.engine, ledger=gw.ledger, finish=[idempotency.finish, cache.finish],
         observer=gw.observer,
     )  # fmt: skip
     proxied = {

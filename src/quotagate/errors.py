@@ -16,6 +16,7 @@ translated once, where they enter, into the most specific class below. The runne
     │                                     (429 with accounting.exhausted_status: 429)
     ├── Conflict                      409 idempotency_key_in_use / 422 idempotency_key_reused
     ├── ServiceUnavailable            503 (store or database down and policy is closed)
+    │   └── NoDeployment              503 no_healthy_deployment / overloaded (+ Retry-After)
     └── UpstreamError                 502 upstream_error
         ├── UpstreamUnavailable       502 (connect refused / reset)
         └── UpstreamTimeout           504 upstream_timeout
@@ -131,6 +132,16 @@ class ServiceUnavailable(GatewayError):
     error_type = "service_unavailable"
     code = "service_unavailable"
     decision = "unavailable"
+
+
+class NoDeployment(ServiceUnavailable):
+    """No deployment of the model (nor of its fallbacks) can take the request now:
+    every circuit is open, or every deployment is at its concurrency limit."""
+
+    code = "no_healthy_deployment"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, code=code, headers=[(b"retry-after", str(retry_after).encode())])
 
 
 class UpstreamError(GatewayError):

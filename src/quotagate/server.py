@@ -74,18 +74,21 @@ def embedded_mock(policy: Policy) -> Iterator[None]:
     if not policy.mock_llm.enabled:
         yield
         return
-    listen = policy.mock_llm.listen
-    cmd = [sys.executable, "-m", "quotagate", "mock-llm", "--listen", listen]
-    proc = subprocess.Popen(cmd)
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        wait_http_ok(f"http://{listen}/healthz", proc=proc)
+        for listen in (policy.mock_llm.listen, *policy.mock_llm.also_listen):
+            cmd = [sys.executable, "-m", "quotagate", "mock-llm", "--listen", listen]
+            procs.append(subprocess.Popen(cmd))
+            wait_http_ok(f"http://{listen}/healthz", proc=procs[-1])
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 class _Supervisor(Multiprocess):

@@ -30,6 +30,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process
         "QUOTAGATE_DATA_DIR": str(tmp / "data"),
         "QUOTAGATE_LISTEN": f"127.0.0.1:{port}",
         "QUOTAGATE_MOCK_PORT": str(mock_port),
+        "QUOTAGATE_MOCK_EU_PORT": str(free_port()),
+        "QUOTAGATE_MOCK_US_PORT": str(free_port()),
         "QUOTAGATE_ADMIN_LISTEN": f"127.0.0.1:{free_port()}",
     }
     env.pop("QUOTAGATE_CONFIG", None)

@@ -39,12 +39,20 @@ class Stale:
     keys: tuple[str, ...] = ()
     tenants: tuple[str, ...] = ()  # by name: API-key and JWT principals both carry it
     clients: tuple[str, ...] = ()
+    # Not a credential: deployments ("<model>\n<deployment>") whose circuit an instance
+    # opened, so that every instance stops sending to them (routing.share_health).
+    circuits: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.keys or self.tenants or self.clients)
+        return bool(self.keys or self.tenants or self.clients or self.circuits)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"keys": self.keys, "tenants": self.tenants, "clients": self.clients})
+        return orjson.dumps(
+            {
+                "keys": self.keys, "tenants": self.tenants, "clients": self.clients,
+                "circuits": self.circuits,
+            }
+        )  # fmt: skip
 
     @classmethod
     def from_json(cls, data: bytes) -> Stale | None:
@@ -59,7 +67,7 @@ class Stale:
             value = doc.get(name)
             return tuple(i for i in value if isinstance(i, str)) if isinstance(value, list) else ()
 
-        return cls(ids("keys"), ids("tenants"), ids("clients"))
+        return cls(ids("keys"), ids("tenants"), ids("clients"), ids("circuits"))
 
 
 RETRY_AFTER = 1.0  # seconds between reconnection attempts

@@ -219,17 +219,23 @@ class Price(Frozen):
 
 class Timeouts(Frozen):
     connect: Duration = 2.0
-    first_byte: Duration = 60.0
-    total: Duration = 600.0
+    first_byte: Duration = 60.0  # until the answer's headers
+    idle: Duration = 30.0  # the longest gap between two chunks of a body or stream
+    total: Duration = 600.0  # the whole call, retries included
 
 
 class Deployment(Frozen):
     url: str
+    # Names the deployment in headers, metrics, logs and /readyz (default: host:port).
+    name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w.:@-]+$")
     region: str = "default"
     weight: int = Field(default=1, ge=1)
     # The upstream credential is read from this environment variable, never from a request.
     api_key_env: str | None = None
     timeouts: Timeouts = Timeouts()
+    # Requests in flight to this deployment at most; beyond it traffic spills over.
+    max_concurrency: int | None = Field(default=None, gt=0)
+    price: Price | None = None  # this deployment's price, if not the model's
 
     @field_validator("url")
     @classmethod
@@ -242,6 +248,18 @@ class Deployment(Frozen):
 class Model(Frozen):
     price: Price = Price()
     deployments: list[Deployment] = Field(min_length=1)
+    # Models that serve the request, in order, when this one cannot (outage, overload,
+    # every circuit open); billed at the model that answered.
+    fallback: list[str] = []
+    aliases: list[str] = []  # other names clients may ask for this model by
+
+    @model_validator(mode="after")
+    def _distinct_deployments(self) -> Model:
+        names = [d.name or d.url for d in self.deployments]
+        if len(set(names)) != len(names):
+            raise ValueError("two deployments with the same name (or url)")
+        return self
+
     # A caller needs this scope (a JWT's `scope` claim) on top of a plan that includes
     # the model; API keys carry no scopes, so a scoped model is for JWT callers only.
     scope: str | None = Field(default=None, min_length=1, max_length=200)
@@ -375,6 +393,73 @@ class Plan(Frozen):
     budget: Budget | None = None
     # on_exhausted: clamp serves a request only if at least this many output tokens fit.
     clamp_min_tokens: int = Field(default=16, gt=0)
+    # Fallback chains for this plan's callers, replacing the models' own (model → chain).
+    fallbacks: dict[str, list[str]] = {}
+    # Exact-match response cache (routing.cache): always, only when the request's model
+    # cannot serve it (overload, outage: the degrade path), or never.
+    cache: Literal["always", "degrade", "off"] = "off"
+
+
+class BreakerConfig(Frozen):
+    """A deployment's circuit opens on consecutive failures or a failure rate; after
+    ``open_for`` a few probe requests decide whether it closes again."""
+
+    consecutive_failures: int = Field(default=5, gt=0)
+    failure_rate: float = Field(default=0.5, gt=0, le=1)
+    min_requests: int = Field(default=20, gt=0)  # in `window`, before the rate counts
+    window: Duration = 10.0
+    open_for: Duration = 5.0
+    half_open_probes: int = Field(default=1, gt=0)
+
+
+class RetryConfig(Frozen):
+    attempts: int = Field(default=3, ge=1)  # tries in all, the first included
+    # Retries add at most this fraction of the requests as extra load (plus
+    # min_per_second), so a failing fleet is not hit harder.
+    budget: float = Field(default=0.2, ge=0, le=1)
+    min_per_second: float = Field(default=2.0, ge=0)
+    # An upstream 429's retry-after longer than this is passed to the client, not waited.
+    max_retry_after: Duration = 2.0
+
+
+class HealthCheckConfig(Frozen):
+    """Active checks: GET <deployment url><path> every `interval`; 2xx is healthy."""
+
+    path: str = "/models"
+    interval: Duration = 5.0
+    timeout: Duration = 1.0
+
+
+class CacheConfig(Frozen):
+    """Exact-match response cache for deterministic requests (temperature 0, one
+    choice), per tenant; plans opt in with ``cache:``."""
+
+    store: Literal["memory", "redis"] = "memory"  # redis: the limits store's server
+    ttl: Duration = 300.0
+    max_entries: int = Field(default=10_000, gt=0)  # memory: least recently used go first
+    max_bytes: int = Field(default=262_144, gt=0)  # larger answers are not cached
+
+
+class RoutingConfig(Frozen):
+    region: str | None = None  # this gateway's region
+    # The client's region, when it sends one the catalog knows (null: not read).
+    region_header: str | None = "x-quotagate-region"
+    # Regions nearest first, per region: spill-over order (unlisted regions come last).
+    nearest: dict[str, list[str]] = {}
+    # least_inflight: fewest requests in flight per weight; latency: that times the
+    # deployment's recent time to first token (both between two weighted random picks).
+    strategy: Literal["least_inflight", "latency"] = "least_inflight"
+    retries: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    health_check: HealthCheckConfig | None = None
+    cache: CacheConfig = CacheConfig()
+    # Circuit changes are published on the store's Redis so every instance learns them.
+    share_health: bool = True
+
+    @field_validator("region_header")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
 
 
 class EmbeddedMock(Frozen):
@@ -382,7 +467,16 @@ class EmbeddedMock(Frozen):
 
     enabled: bool = False
     listen: str = "127.0.0.1:9000"
+    # More mock processes, one per address (one can be stopped alone: a region outage).
+    also_listen: list[str] = []
     _listen = field_validator("listen")(_check_listen)
+
+    @field_validator("also_listen")
+    @classmethod
+    def _more(cls, value: list[str]) -> list[str]:
+        for address in value:
+            _check_listen(address)
+        return value
 
 
 class LedgerConfig(Frozen):
@@ -439,6 +533,7 @@ class Policy(Frozen):
     accounting: AccountingConfig = AccountingConfig()
     mock_llm: EmbeddedMock = EmbeddedMock()
     routes: dict[str, RouteAlias] = {}
+    routing: RoutingConfig = RoutingConfig()
 
     @field_validator("routes")
     @classmethod
@@ -453,6 +548,28 @@ class Policy(Frozen):
         return value
 
     observability: ObservabilityConfig = ObservabilityConfig()
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self) -> Policy:
+        names = set(self.models)
+        for name, model in self.models.items():
+            for other in model.fallback:
+                if other not in names or other == name:
+                    raise ValueError(f"models.{name}.fallback: unknown model {other!r}")
+            for alias in model.aliases:
+                if alias in names:
+                    raise ValueError(f"models.{name}.aliases: {alias!r} is a model of its own")
+        if self.routing.cache.store == "redis" and self.store.url.startswith("memory://"):
+            raise ValueError("routing.cache.store: redis needs a Redis store.url")
+        aliases = [a for m in self.models.values() for a in m.aliases]
+        if len(set(aliases)) != len(aliases):
+            raise ValueError("models: one alias names two models")
+        for plan_name, plan in self.plans.items():
+            for model_name, chain in plan.fallbacks.items():
+                for model_ in (model_name, *chain):
+                    if model_ not in names:
+                        raise ValueError(f"plans.{plan_name}.fallbacks: unknown model {model_!r}")
+        return self
 
     @model_validator(mode="after")
     def _models_exist(self) -> Policy:

@@ -11,6 +11,7 @@ from quotagate.limits.headers import policy_header
 from quotagate.limits.policy import CompiledLimit, compile_limits
 from quotagate.limits.quotas import compile_quota
 from quotagate.routing.catalog import ModelRoute, build_catalog
+from quotagate.routing.health import HealthRegistry
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,6 +60,8 @@ class CompiledPlan:
     currency: str
     by_model: dict[str, LimitSet]
     default: LimitSet  # for a model with no quota of its own
+    fallbacks: dict[str, tuple[str, ...]]  # the plan's own chains, replacing the models'
+    cache: str  # always | degrade | off
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -95,6 +98,8 @@ def _compile_plan(
         plan.budget.currency if plan.budget else "USD",
         by_model,
         LimitSet.of(rates, (q for q in quotas if q.model is None)),
+        {model: tuple(chain) for model, chain in plan.fallbacks.items()},
+        plan.cache,
     )
 
 
@@ -108,7 +113,12 @@ class Snapshot:
     estimator: Estimator
 
     @classmethod
-    def compile(cls, policy: Policy) -> Snapshot:
+    def compile(cls, policy: Policy, health: HealthRegistry | None = None) -> Snapshot:
+        """``health``: the deployments' health records to keep (a reload passes the
+        running gateway's), else new ones."""
+        if health is None:
+            health = HealthRegistry(policy.routing.breaker)
+        health.config = policy.routing.breaker
         global_limits = compile_limits(policy.global_limits, prefix="global.")
         plans = {
             n: _compile_plan(n, p, global_limits, policy.models) for n, p in policy.plans.items()
@@ -116,4 +126,6 @@ class Snapshot:
         required = any(
             limit.on_store_error == "closed" for plan in plans.values() for limit in plan.all_limits
         )
-        return cls(policy, plans, build_catalog(policy.models), required, estimator_of(policy))
+        return cls(
+            policy, plans, build_catalog(policy.models, health), required, estimator_of(policy)
+        )

@@ -69,7 +69,8 @@ def _play_all(console: Console, stack: Stack, scenarios: Sequence[Scenario]) -> 
     console.print(f"mock LLM: {stack.mock_url}  (the upstream, started by the gateway)")
     console.print(f"data dir: {stack.data_dir}  (temporary, removed at exit)", highlight=False)
     operator = Operator(stack.env, console)
-    stage = Stage(console, stack.gateway_url, provision(operator), operator)
+    regions = {r: f"http://127.0.0.1:{port}" for r, port in stack.region_ports.items()}
+    stage = Stage(console, stack.gateway_url, provision(operator), operator, regions=regions)
     console.print(accounts_table(stage.accounts))
     outcomes = [_play_one(stage, number, s) for number, s in enumerate(scenarios, start=1)]
     return _summarise(console, stack, outcomes)

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .budgets import PRO_QUOTA, free_tenant_runs_out, pro_tenant_is_warned
+from .outage import region_outage
 from .stage import (
     Reply,
     Scenario,
@@ -152,5 +153,12 @@ SCENARIOS: list[Scenario] = [
         "every response carries x-quotagate-quota-warning (and an alert webhook fires once, "
         "when one is configured).",
         pro_tenant_is_warned,
+    ),
+    Scenario(
+        "A region goes down, then the other",
+        "gpt-4 runs in eu-west (this gateway's region) and us-east. The demo stops the "
+        "eu-west upstream: requests move to us-east. Then it stops us-east: gpt-4 falls "
+        "back to gpt-3.5-turbo, billed at its price. The client never sees an error.",
+        region_outage,
     ),
 ]

@@ -44,6 +44,7 @@ class Stack:
         self.data_dir = data_dir
         self.gateway_port = free_port()
         self.mock_port = free_port()
+        self.region_ports = {"eu-west": free_port(), "us-east": free_port()}  # gpt-4's mocks
         self.admin_port = free_port()
         self.log_path = data_dir / "gateway.log"
         self.env = self._child_env()
@@ -63,6 +64,8 @@ class Stack:
         env["QUOTAGATE_DATA_DIR"] = str(self.data_dir)
         env["QUOTAGATE_LISTEN"] = f"127.0.0.1:{self.gateway_port}"
         env["QUOTAGATE_MOCK_PORT"] = str(self.mock_port)
+        env["QUOTAGATE_MOCK_EU_PORT"] = str(self.region_ports["eu-west"])
+        env["QUOTAGATE_MOCK_US_PORT"] = str(self.region_ports["us-east"])
         env["QUOTAGATE_ADMIN_LISTEN"] = f"127.0.0.1:{self.admin_port}"
         return env
 

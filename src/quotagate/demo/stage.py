@@ -28,6 +28,7 @@ class Stage:
     accounts: dict[str, Account]
     operator: Operator
     failures: list[str] = field(default_factory=list)
+    regions: dict[str, str] = field(default_factory=dict)  # gpt-4's mock per region
 
     def client(self, account: Account | str) -> openai.OpenAI:
         """An SDK client on ``account`` (or the plan's demo account); no SDK retries,

@@ -246,6 +246,9 @@ class LimitEngine:
     async def put(self, key: str, value: bytes, ttl: float) -> None:
         await self._bounded(self.store.put(key, value, ttl))
 
+    async def get(self, key: str) -> bytes | None:
+        return await self._bounded(self.store.get(key))
+
     async def delete(self, key: str) -> None:
         await self._bounded(self.store.delete(key))
 

@@ -28,6 +28,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/_mock/faults": {"GET": control.get_faults, "POST": control.set_faults},
     "/_mock/stats": {"GET": control.get_stats},
     "/_mock/last-request": {"GET": control.get_last_request},
+    "/_mock/stop": {"POST": control.stop},
 }
 
 _UPSTREAM_PREFIX = "/v1/"

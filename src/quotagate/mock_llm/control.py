@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+
 import orjson
 
 from .endpoints import request_object
@@ -32,6 +36,12 @@ async def get_stats(exchange: Exchange, state: MockState) -> None:
 async def get_last_request(exchange: Exchange, state: MockState) -> None:
     recorded = state.last_request
     await exchange.send_json(200, orjson.dumps(None if recorded is None else recorded.as_json()))
+
+
+async def stop(exchange: Exchange, state: MockState) -> None:
+    """Answer, then stop this mock process as SIGTERM would (the demo's region outage)."""
+    await exchange.send_json(200, b'{"stopping":true}')
+    asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
 
 
 def _fault_value(name: str, value: object) -> float | int:

@@ -39,6 +39,10 @@ def choose_fault(directives: Directives, settings: MockSettings, rng: random.Ran
         return FaultPlan(Fault.ERROR, directives.error_status, directives.retry_after)
     if directives.drop:
         return DROP
+    if settings.fail_next > 0:
+        settings.fail_next -= 1
+        retry_after = f"{settings.retry_after:g}" if settings.retry_after > 0 else None
+        return FaultPlan(Fault.ERROR, settings.error_status, retry_after)
     return _draw(settings, rng)
 
 

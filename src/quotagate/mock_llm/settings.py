@@ -12,6 +12,8 @@ FAULT_FIELDS: tuple[str, ...] = (
     "drop_rate",
     "ttft_ms",
     "tokens_per_second",
+    "fail_next",
+    "retry_after",
 )
 
 
@@ -30,6 +32,10 @@ class MockSettings:
     error_status: int = 500
     hang_rate: float = 0.0
     drop_rate: float = 0.0  # streams are cut mid-way, bodies are truncated
+    # The next `fail_next` /v1 requests answer error_status (with `retry-after:
+    # retry_after` when that is above 0), then the mock is healthy again.
+    fail_next: float = 0
+    retry_after: float = 0.0
     models: tuple[str, ...] = ("gpt-3.5-turbo", "gpt-4", "text-embedding-3-small")
     seed: int = 0
     default_completion_tokens: int = 16

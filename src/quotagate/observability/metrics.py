@@ -31,7 +31,7 @@ DECISIONS = frozenset(
     {
         "allowed", "replayed", "client_disconnected", "bad_request", "denied_auth",
         "denied_plan", "not_found", "rate_limited", "quota_exhausted", "unavailable",
-        "upstream_error", "upstream_timeout", "error",
+        "upstream_error", "upstream_timeout", "error", "cache_hit",
     }
 )  # fmt: skip
 REQUEST_SECONDS = Histogram(
@@ -205,7 +205,41 @@ STORE_CIRCUIT_OPEN = Gauge(
 )
 
 
+BREAKER_STATE = Gauge(
+    "quotagate_deployment_circuit_state",
+    "A deployment's circuit breaker: 0 closed, 1 half open, 2 open.",
+    ("model", "deployment"),
+    multiprocess_mode="livemax",
+)
+BREAKER_TRANSITIONS = Counter(
+    "quotagate_deployment_circuit_transitions",
+    "Circuit breaker changes by model, deployment and the state entered.",
+    ("model", "deployment", "state"),
+)
+UPSTREAM_RETRIES = Counter(
+    "quotagate_upstream_retries",
+    "Upstream calls retried before the first byte, by reason; denied: the retry budget "
+    "or the deadline said no.",
+    ("reason", "outcome"),
+)
+FALLBACKS = Counter(
+    "quotagate_fallbacks",
+    "Requests served by another model than the one asked for, by model, fallback and "
+    "reason (outage, overload, circuit_open, quota).",
+    ("model", "fallback", "reason"),
+)
+CACHE_LOOKUPS = Counter(
+    "quotagate_response_cache",
+    "Response cache lookups by result (hit, miss, stored, skipped: not deterministic).",
+    ("result",),
+)
+HEALTH_CHECKS = Counter(
+    "quotagate_health_checks",
+    "Active health checks by model, deployment and outcome (ok, failed).",
+    ("model", "deployment", "outcome"),
+)
+
+
 @lru_cache(maxsize=1024)
-def in_flight(model: str, region: str, index: int) -> Any:
-    """One deployment's gauge: ``<region>/<index in the model's list>`` names it."""
-    return IN_FLIGHT.labels(model, f"{region or 'default'}/{index}")
+def in_flight(model: str, deployment: str) -> Any:
+    return IN_FLIGHT.labels(model, deployment)

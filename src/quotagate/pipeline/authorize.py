@@ -17,16 +17,20 @@ class Authorize:
 
     async def __call__(self, ctx: RequestContext) -> None:
         plan: CompiledPlan = ctx.plan
-        if ctx.model not in self._policy.snapshot.catalog:
+        route = self._policy.snapshot.catalog.get(ctx.model)
+        if route is None:
             raise NotFound(
                 f"The model '{ctx.model}' does not exist.", code="model_not_found", param="model"
             )
+        if route.name != ctx.model:  # an alias: limits, billing and the upstream see the model
+            ctx.model = ctx.payload["model"] = route.name
+            ctx.payload_changed = True
         if not plan.allows(ctx.model):
             raise PermissionDenied(
                 f"Your plan '{plan.name}' does not include the model '{ctx.model}'.",
                 param="model",
             )
-        scope = self._policy.snapshot.catalog[ctx.model].scope
+        scope = route.scope
         if scope is not None and (ctx.principal is None or scope not in ctx.principal.scopes):
             raise PermissionDenied(
                 f"The model '{ctx.model}' needs the scope '{scope}'.",

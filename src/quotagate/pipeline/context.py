@@ -18,6 +18,7 @@ class RequestContext:
     __slots__ = (
         "api_key",
         "body",
+        "cache_key",
         "client_ip",
         "content_length",
         "decision",
@@ -76,6 +77,7 @@ class RequestContext:
         self.idempotency_store: tuple[str, bytes] | None = None
         self.kept_body: list[bytes] | None = None  # the answer's bytes, kept for replay
         self.kept_bytes = 0
+        self.cache_key = ""  # a cacheable request's key: its answer is kept when it ends
         self.response_type = b""
         self.api_key = ""
         self.content_length = -1

@@ -24,7 +24,7 @@ class ListModels:
 
     async def __call__(self, ctx: RequestContext) -> None:
         plan: CompiledPlan = ctx.plan
-        names = [m for m in self._policy.snapshot.catalog if plan.allows(m)]
+        names = [m for m, r in self._policy.snapshot.catalog.items() if plan.allows(r.name)]
         data = [
             {"id": m, "object": "model", "created": self._created, "owned_by": "quotagate"}
             for m in names

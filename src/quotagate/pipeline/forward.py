@@ -18,12 +18,17 @@ import orjson
 
 from quotagate.budget.idempotency import MAX_KEPT
 from quotagate.errors import GatewayError, UpstreamError
-from quotagate.observability.metrics import in_flight
+from quotagate.observability.metrics import UPSTREAM_RETRIES
 from quotagate.pipeline.context import Headers, RequestContext
+from quotagate.pipeline.stage import PolicySource
+from quotagate.routing.cache import ResponseCache
+from quotagate.routing.catalog import Target
+from quotagate.routing.router import Router, switch_model
 from quotagate.upstream.client import translate
 from quotagate.upstream.usage import StreamUsage, Usage, usage_of
 
 log = logging.getLogger(__name__)
+_MIN_ATTEMPT = 0.05  # seconds: a retry with less time left than this is not tried
 
 # Upstream response headers a client may see; everything else (hop-by-hop, the
 # upstream's own rate-limit and request-id headers) stays behind.
@@ -36,6 +41,18 @@ def _passed_headers(resp: aiohttp.ClientResponse) -> Headers:
     return [(k.lower().encode(), v.encode()) for k, v in resp.headers.items() if k.lower() in _PASS]
 
 
+def _retry_after(resp: aiohttp.ClientResponse) -> float | None:
+    """An upstream's ``retry-after`` in seconds (delta-seconds form), if it sent one."""
+    value = resp.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: not waited for
+    return seconds if 0 <= seconds < 86400 else None
+
+
 def sse_error(exc: GatewayError) -> bytes:
     error = {"message": exc.message, "type": exc.error_type, "param": None, "code": exc.code}
     return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
@@ -46,50 +63,173 @@ class SessionSource(Protocol):
 
 
 class Forward:
+    """Send to the chosen deployment; before any byte has reached the client, a
+    retryable failure (connect error, timeout, 5xx, 429, the upstream refusing the
+    gateway's credential) is retried on another deployment or fallback model, within
+    the attempts, the total deadline and the retry budget. An upstream 429's
+    ``retry-after`` is honoured: that deployment is left alone until then, and waited
+    for when it is the only one (up to ``max_retry_after``). The reservation made by
+    ``limit`` carries over to the retry; the price is the deployment that answers."""
+
     name = "forward"
 
-    def __init__(self, sessions: SessionSource) -> None:
+    def __init__(
+        self,
+        sessions: SessionSource,
+        policy: PolicySource,
+        router: Router,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self._sessions = sessions
+        self._policy = policy
+        self._router = router
+        self._cache = cache  # the degrade path when every attempt failed
 
     async def __call__(self, ctx: RequestContext) -> None:
         target = ctx.target
         assert target is not None, "forward runs after route"
         session = self._sessions.session
         assert session is not None, "the gateway has started"
+        deadline = time.perf_counter() + target.total
+        limits = target.timeout  # deadlines of this attempt
+        tried: list[Target] = []
+        while True:
+            health = target.health
+            probe = health.begin()
+            target.gauge.inc()  # type: ignore[attr-defined]
+            resp: aiohttp.ClientResponse | None = None
+            try:
+                resp, failure = await self._send(ctx, session, target, limits)
+                if failure is None:
+                    assert resp is not None
+                    await self._answer(ctx, resp, target)
+                    return
+                tried.append(target)
+                wait = _retry_after(resp) if resp is not None else None
+                nxt = self._next(ctx, tried, deadline, failure, wait)
+                if nxt is None:
+                    if self._cache is not None and await self._cache.degrade(ctx):
+                        return
+                    if resp is not None and resp.status == 429:  # the upstream's own limit
+                        await self._answer(ctx, resp, target)
+                        return
+                    raise failure
+            finally:
+                if resp is not None:
+                    resp.release()
+                target.gauge.dec()  # type: ignore[attr-defined]
+                health.end(probe)
+            if nxt is target:  # the only deployment asked to wait: wait, then ask again
+                await asyncio.sleep(wait or 0.0)
+            elif nxt.model != ctx.model:
+                switch_model(ctx, nxt, "outage")
+            target = ctx.target = nxt
+            ctx.price = nxt.prices
+            remaining = deadline - time.perf_counter()
+            limits = aiohttp.ClientTimeout(
+                total=remaining,
+                sock_connect=nxt.timeout.sock_connect,
+                sock_read=nxt.timeout.sock_read,
+            )
+
+    async def _send(
+        self,
+        ctx: RequestContext,
+        session: aiohttp.ClientSession,
+        target: Target,
+        limits: aiohttp.ClientTimeout,
+    ) -> tuple[aiohttp.ClientResponse | None, UpstreamError | None]:
+        """One call: the response (and a failure when its status is a retryable one),
+        or no response and the failure."""
         headers = dict(target.headers)
         headers["x-request-id"] = ctx.request_id
         if ctx.traceparent:  # W3C trace context: the client's, or this gateway's span
             headers["traceparent"] = ctx.traceparent
             if ctx.tracestate:
                 headers["tracestate"] = ctx.tracestate
-        url = target.base_url + ctx.endpoint.upstream_path
         if ctx.payload_changed:  # stages edited the request: encode it once, here
             ctx.body = orjson.dumps(ctx.payload)
-        flight = in_flight(target.model, target.region, target.index)
-        flight.inc()
-        ctx.upstream_started = time.perf_counter()
+            ctx.payload_changed = False
+        url = target.base_url + ctx.endpoint.upstream_path
+        ctx.upstream_ended = 0.0
+        if not ctx.upstream_started:  # upstream time spans the retries
+            ctx.upstream_started = time.perf_counter()
         try:
-            try:
-                resp = await session.post(
-                    url, data=ctx.body, headers=headers, timeout=target.timeout
-                )
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                ctx.upstream_ended = time.perf_counter()
-                raise translate(exc, ctx.model) from exc
-            try:
-                await self._relay(ctx, resp)
-            finally:
-                resp.release()
-                if not ctx.upstream_ended:  # JSON answers are stamped when read in full
-                    ctx.upstream_ended = time.perf_counter()
-        finally:
-            flight.dec()
-
-    async def _relay(self, ctx: RequestContext, resp: aiohttp.ClientResponse) -> None:
+            resp = await session.post(url, data=ctx.body, headers=headers, timeout=limits)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            ctx.upstream_ended = time.perf_counter()
+            error = translate(exc, ctx.model)
+            target.health.failed(error.code or "error")
+            return None, error
+        status = resp.status
+        if status == 429:
+            target.health.throttled(_retry_after(resp) or 1.0)
+            return resp, UpstreamError(f"The model server for {ctx.model} answered 429.")
         # 5xx, and 401/403 (the gateway's own upstream credential was refused: never the
         # client's fault, and never to be confused with the client's key) are 502s.
-        if resp.status >= 500 or resp.status in (401, 403):
-            raise UpstreamError(f"The model server for {ctx.model} answered {resp.status}.")
+        if status >= 500 or status in (401, 403):
+            target.health.failed(f"status {status}")
+            return resp, UpstreamError(f"The model server for {ctx.model} answered {status}.")
+        return resp, None
+
+    def _next(
+        self,
+        ctx: RequestContext,
+        tried: list[Target],
+        deadline: float,
+        failure: UpstreamError,
+        wait: float | None,
+    ) -> Target | None:
+        """Where to retry, or None: attempts, deadline and the retry budget allowing."""
+        config = self._policy.snapshot.policy.routing.retries
+        reason = failure.code or "error"
+        if len(tried) >= config.attempts:
+            UPSTREAM_RETRIES.labels(reason, "attempts").inc()
+            return None
+        nxt = self._router.find(ctx, self._policy.snapshot.catalog, tried)
+        wait_for = 0.0
+        if nxt is None and wait is not None and wait <= config.max_retry_after:
+            nxt, wait_for = tried[-1], wait  # the only deployment, throttled for `wait`
+        if nxt is None:
+            UPSTREAM_RETRIES.labels(reason, "no_deployment").inc()
+            return None
+        if deadline - time.perf_counter() - wait_for <= _MIN_ATTEMPT:
+            UPSTREAM_RETRIES.labels(reason, "deadline").inc()
+            return None
+        if not self._router.budget.allow():
+            UPSTREAM_RETRIES.labels(reason, "budget").inc()
+            return None
+        UPSTREAM_RETRIES.labels(reason, "retried").inc()
+        log.info("request %s: %s, retrying on %s", ctx.request_id, failure.message, nxt.name)
+        return nxt
+
+    async def _answer(
+        self, ctx: RequestContext, resp: aiohttp.ClientResponse, target: Target
+    ) -> None:
+        """Relay the answer; the deployment's health learns how it went."""
+        ctx.response_headers.extend(target.header)
+        try:
+            await self._relay(ctx, resp)
+        except UpstreamError as exc:
+            target.health.failed(exc.code or "error")  # a body cut or timed out
+            raise
+        finally:
+            if not ctx.upstream_ended:  # JSON answers are stamped when read in full
+                ctx.upstream_ended = time.perf_counter()
+        if ctx.decision in ("upstream_error", "upstream_timeout"):  # a stream broke in-band
+            target.health.failed(ctx.decision)
+        elif resp.status < 500:
+            first = ctx.first_token or ctx.upstream_ended
+            target.health.succeeded(first - ctx.upstream_started)
+
+    async def _relay(self, ctx: RequestContext, resp: aiohttp.ClientResponse) -> None:
+        target = ctx.target
+        assert target is not None
+        # The headers are in: from now on the longest wait is the idle gap between chunks.
+        conn = resp.connection
+        if conn is not None and conn.protocol is not None:
+            conn.protocol.read_timeout = target.idle
+            conn.protocol.start_timeout()
         headers = _passed_headers(resp)
         if resp.content_type == "text/event-stream":
             await self._stream(ctx, resp, headers)

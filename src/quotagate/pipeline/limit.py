@@ -23,11 +23,12 @@ from quotagate.ids import new_id
 from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import CompiledLimit, ScopeValues
-from quotagate.observability.metrics import LIMIT_BYPASSED, QUOTA_EXHAUSTED
+from quotagate.observability.metrics import FALLBACKS, LIMIT_BYPASSED, QUOTA_EXHAUSTED
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import TOKEN_FIELDS
 from quotagate.pipeline.stage import PolicySource
 from quotagate.routing.catalog import Target
+from quotagate.routing.router import Router
 from quotagate.store.base import (
     Admission,
     Check,
@@ -53,11 +54,16 @@ class Limit:
     name = "limit"
 
     def __init__(
-        self, engine: LimitEngine, policy: PolicySource, alerts: QuotaAlerts | None = None
+        self,
+        engine: LimitEngine,
+        policy: PolicySource,
+        alerts: QuotaAlerts | None = None,
+        router: Router | None = None,
     ) -> None:
         self._engine = engine
         self._policy = policy
         self._alerts = alerts
+        self._router = router or Router(policy.snapshot.policy.routing)
 
     async def __call__(self, ctx: RequestContext) -> None:
         if ctx.stream:
@@ -159,7 +165,7 @@ class Limit:
     ) -> bool:
         """Apply the quota's degrade action; True when the request should be re-decided."""
         if denied.degrade == "fallback" and denied.fallback and denied.fallback != ctx.model:
-            _fall_back(ctx, self._policy, denied.fallback, denied.name)
+            _fall_back(ctx, self._policy, self._router, denied.fallback, denied.name)
             QUOTA_EXHAUSTED.labels("fallback").inc()
             return True
         if denied.degrade != "clamp" or not ctx.endpoint.generates:
@@ -235,7 +241,10 @@ def _undo_degrade(
     ctx.model, ctx.target, ctx.price = origin
 
 
-def _fall_back(ctx: RequestContext, policy: PolicySource, model: str, because: str) -> None:
+def _fall_back(
+    ctx: RequestContext, policy: PolicySource, router: Router, model: str, because: str
+) -> None:
+    FALLBACKS.labels(ctx.model, model, "quota").inc()
     ctx.response_headers.append(
         (b"x-quotagate-fallback", f"{ctx.model} -> {model}; quota={because}".encode())
     )
@@ -243,8 +252,9 @@ def _fall_back(ctx: RequestContext, policy: PolicySource, model: str, because: s
     ctx.payload["model"] = model
     ctx.payload_changed = True
     route = policy.snapshot.catalog[model]
-    ctx.target = route.pick()
-    ctx.price = route.prices
+    # None usable now: its first deployment, and forward's retries take it from there.
+    ctx.target = router.choose(route, router.region(ctx, route)) or route.targets[0]
+    ctx.price = ctx.target.prices
 
 
 def _set_max_tokens(ctx: RequestContext, tokens: int) -> None:

@@ -1,60 +1,112 @@
 """The model catalog: public model names → deployments, prepared for forwarding.
 
-Everything a forward needs that does not change per request (URLs per endpoint, the
-upstream credential header, the aiohttp timeout object) is built here once.
+Everything a forward needs that does not change per request (URLs, the upstream
+credential header, the aiohttp timeout object, the deployment's health record, its
+header values) is built here once per policy.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from quotagate.budget.pricing import micros_per_1m
+from quotagate.budget.pricing import Prices, micros_per_1m
 from quotagate.config.schema import Deployment, Model, Price
+from quotagate.observability.metrics import in_flight
+from quotagate.routing.health import DeploymentHealth, HealthRegistry
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, frozen=True, eq=False)
 class Target:
     """One deployment, ready to receive a request."""
 
     model: str
     index: int
+    name: str
     base_url: str
     region: str
+    weight: int
     headers: tuple[tuple[str, str], ...]
     timeout: aiohttp.ClientTimeout
+    idle: float  # the longest gap between two chunks once the answer has started
+    total: float
+    max_concurrency: int | None
+    prices: Prices  # micro-units per 1M input / output tokens at this deployment
+    health: DeploymentHealth
+    gauge: object  # quotagate_upstream_in_flight for this deployment
+    header: tuple[tuple[bytes, bytes], ...]  # x-quotagate-model / -deployment
+
+    @property
+    def saturated(self) -> bool:
+        return self.max_concurrency is not None and self.health.in_flight >= self.max_concurrency
 
 
-def _target(model: str, index: int, dep: Deployment) -> Target:
+def deployment_name(dep: Deployment) -> str:
+    """The configured name, else host:port (never credentials a URL might carry)."""
+    if dep.name:
+        return dep.name
+    parts = urlsplit(dep.url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def _target(
+    model: str, index: int, dep: Deployment, price: Price, health: HealthRegistry
+) -> Target:
     headers = [("content-type", "application/json")]
     if dep.api_key_env and (credential := os.environ.get(dep.api_key_env)):
         headers.append(("authorization", f"Bearer {credential}"))
     t = dep.timeouts
-    # sock_read bounds the wait for the first byte and every later gap; total bounds all.
+    # sock_read bounds the wait for the answer's headers; once they are in, the forward
+    # stage lowers it to the idle gap allowed between chunks. total bounds all.
     timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
-    return Target(model, index, dep.url, dep.region, tuple(headers), timeout)
+    name = deployment_name(dep)
+    return Target(
+        model, index, name, dep.url, dep.region, dep.weight, tuple(headers), timeout, t.idle,
+        t.total, dep.max_concurrency, micros_per_1m(dep.price or price),
+        health.get(model, name, dep.region), in_flight(model, name),
+        ((b"x-quotagate-model", model.encode()), (b"x-quotagate-deployment", name.encode())),
+    )  # fmt: skip
 
 
 class ModelRoute:
-    def __init__(self, name: str, model: Model) -> None:
+    def __init__(self, name: str, model: Model, health: HealthRegistry) -> None:
         self.name = name
         self.scope = model.scope  # needed by callers on top of their plan
         self.price: Price = model.price
         self.prices = micros_per_1m(model.price)
-        self.targets = tuple(_target(name, i, d) for i, d in enumerate(model.deployments))
-        weighted = [
-            t for t, d in zip(self.targets, model.deployments, strict=True) for _ in range(d.weight)
-        ]
-        self._rotation: Iterator[Target] = itertools.cycle(weighted)
+        self.fallback = tuple(model.fallback)
+        self.targets = tuple(
+            _target(name, i, d, model.price, health) for i, d in enumerate(model.deployments)
+        )
+        self.regions = frozenset(t.region for t in self.targets)
+        self._tiers: dict[str | None, tuple[tuple[Target, ...], ...]] = {}
 
-    def pick(self) -> Target:
-        """Weighted round robin over the deployments."""
-        return next(self._rotation)
+    def tiers(
+        self, region: str | None, nearest: dict[str, list[str]]
+    ) -> tuple[tuple[Target, ...], ...]:
+        """The deployments in groups, nearest to ``region`` first (worked out once per
+        region): the region itself, then its ``nearest`` list in order, then the rest."""
+        tiers = self._tiers.get(region)
+        if tiers is None:
+            order = [region, *nearest.get(region, [])] if region else []
+            ranked: list[tuple[Target, ...]] = []
+            for r in order:
+                group = tuple(t for t in self.targets if t.region == r)
+                if group and group not in ranked:
+                    ranked.append(group)
+            rest = tuple(t for t in self.targets if t.region not in order)
+            if rest:
+                ranked.append(rest)
+            tiers = self._tiers[region] = tuple(ranked)
+        return tiers
 
 
-def build_catalog(models: dict[str, Model]) -> dict[str, ModelRoute]:
-    return {name: ModelRoute(name, model) for name, model in models.items()}
+def build_catalog(models: dict[str, Model], health: HealthRegistry) -> dict[str, ModelRoute]:
+    catalog = {name: ModelRoute(name, model, health) for name, model in models.items()}
+    for name, model in models.items():
+        for alias in model.aliases:
+            catalog[alias] = catalog[name]
+    return catalog

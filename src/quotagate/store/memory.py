@@ -198,6 +198,10 @@ class MemoryStore:
             self._values = {k: v for k, v in self._values.items() if v[1] > now}
         self._values[key] = (value, self._clock() + ttl)
 
+    async def get(self, key: str) -> bytes | None:
+        held = self._values.get(key)
+        return held[0] if held is not None and held[1] > self._clock() else None
+
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
 

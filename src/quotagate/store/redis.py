@@ -273,6 +273,14 @@ class RedisStore:
         except Exception as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
+    async def get(self, key: str) -> bytes | None:
+        try:
+            async with self._slots:
+                found = await self.client.get(self.prefix + key)
+        except Exception as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        return found if isinstance(found, bytes) else None
+
     async def delete(self, key: str) -> None:
         try:
             async with self._slots:

@@ -1,0 +1,183 @@
+"""Choosing the deployment that serves a request, and the next one when it fails.
+
+Order of preference: the client's region (from ``routing.region_header``, when the
+catalog knows it) or this gateway's, then the regions ``nearest`` to it, then the rest.
+Within the first group that has a usable deployment (circuit not open, not throttled by
+an upstream 429, below its ``max_concurrency``), a weighted random pick where a weight is
+the configured one divided by the requests in flight (+1), and for ``latency`` also by
+the deployment's recent time to first token relative to the fastest: at low load the
+configured weights hold, under load the least busy (or fastest) deployments get more.
+
+When no deployment of the model is usable the request moves down its fallback chain
+(the plan's, else the model's), skipping models the plan does not include.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+
+from quotagate.config.schema import RoutingConfig
+from quotagate.errors import NoDeployment
+from quotagate.observability.metrics import FALLBACKS
+from quotagate.pipeline.context import RequestContext
+from quotagate.routing.catalog import ModelRoute, Target
+from quotagate.routing.health import OPEN, Clock
+
+_BUDGET_WINDOW = 10.0  # seconds over which the retry budget counts requests and retries
+
+
+class RetryBudget:
+    """Retries allowed: ``ratio`` of recent requests, plus ``min_per_second``."""
+
+    def __init__(self, ratio: float, min_per_second: float, clock: Clock = time.monotonic) -> None:
+        self.ratio, self.floor = ratio, min_per_second * _BUDGET_WINDOW
+        self._clock = clock
+        self._started = clock()
+        self._requests = self._retries = 0
+        self._previous_requests = self._previous_retries = 0
+
+    def request(self) -> None:
+        self._roll()
+        self._requests += 1
+
+    def allow(self) -> bool:
+        self._roll()
+        share = 1 - (self._clock() - self._started) / _BUDGET_WINDOW
+        requests = self._requests + self._previous_requests * share
+        retries = self._retries + self._previous_retries * share
+        if retries + 1 > self.floor + self.ratio * requests:
+            return False
+        self._retries += 1
+        return True
+
+    def _roll(self) -> None:
+        elapsed = self._clock() - self._started
+        if elapsed < _BUDGET_WINDOW:
+            return
+        if elapsed < 2 * _BUDGET_WINDOW:
+            self._previous_requests, self._previous_retries = self._requests, self._retries
+        else:
+            self._previous_requests = self._previous_retries = 0
+        self._requests = self._retries = 0
+        self._started += elapsed - elapsed % _BUDGET_WINDOW
+
+
+class Router:
+    def __init__(self, config: RoutingConfig, rng: random.Random | None = None) -> None:
+        self.configure(config)
+        self._rng = rng or random.Random()
+        self.budget = RetryBudget(config.retries.budget, config.retries.min_per_second)
+
+    def configure(self, config: RoutingConfig) -> None:
+        self.config = config
+        self._header = config.region_header.encode() if config.region_header else None
+        self._latency = config.strategy == "latency"
+        if hasattr(self, "budget"):
+            self.budget.ratio = config.retries.budget
+            self.budget.floor = config.retries.min_per_second * _BUDGET_WINDOW
+
+    def region(self, ctx: RequestContext, route: ModelRoute) -> str | None:
+        """The region to serve ``ctx`` from: the client's if it names one of the
+        model's, else this gateway's."""
+        if self._header is not None and len(route.regions) > 1:
+            for name, value in ctx.scope["headers"]:
+                if name == self._header:
+                    asked: str = value.decode("latin-1").strip()
+                    if asked in route.regions:
+                        return asked
+                    break
+        return self.config.region
+
+    def choose(
+        self, route: ModelRoute, region: str | None, tried: Sequence[Target] = ()
+    ) -> Target | None:
+        now = time.monotonic()
+        targets = route.targets
+        if len(targets) == 1:  # the common case: nothing to weigh
+            only = targets[0]
+            ok = only not in tried and not only.saturated and only.health.available(now)
+            return only if ok else None
+        for group in route.tiers(region, self.config.nearest):
+            usable = [
+                t for t in group
+                if t not in tried and not t.saturated and t.health.available(now)
+            ]  # fmt: skip
+            if usable:
+                return usable[0] if len(usable) == 1 else self._weighted(usable)
+        return None
+
+    def _weighted(self, usable: list[Target]) -> Target:
+        if self._latency:
+            fastest = min((t.health.latency for t in usable if t.health.latency), default=0.0)
+            weights = [
+                t.weight
+                / (t.health.in_flight + 1)
+                / (t.health.latency / fastest if fastest and t.health.latency else 1.0)
+                for t in usable
+            ]
+        else:
+            weights = [t.weight / (t.health.in_flight + 1) for t in usable]
+        return self._rng.choices(usable, weights)[0]
+
+    def serve(self, ctx: RequestContext, catalog: dict[str, ModelRoute]) -> Target:
+        """The deployment for ``ctx``'s model, else its fallbacks' (switching the
+        request to the fallback model); ``NoDeployment`` when none can take it."""
+        target = self.find(ctx, catalog)
+        if target is None:
+            route = catalog[ctx.model]
+            if unusable_reason(route, ()) == "overload":
+                raise NoDeployment(
+                    f"Every deployment of {ctx.model} is at capacity; retry shortly.",
+                    code="overloaded",
+                )
+            raise NoDeployment(f"No deployment of {ctx.model} can serve the request now.")
+        if target.model != ctx.model:
+            switch_model(ctx, target, unusable_reason(catalog[ctx.model], ()))
+        return target
+
+    def find(
+        self, ctx: RequestContext, catalog: dict[str, ModelRoute], tried: Sequence[Target] = ()
+    ) -> Target | None:
+        """A usable deployment of ``ctx``'s model not in ``tried``, else of the first
+        fallback model that has one; None if there is none (nothing is changed)."""
+        route = catalog[ctx.model]
+        target = self.choose(route, self.region(ctx, route), tried)
+        if target is not None:
+            return target
+        for model in self.chain_of(ctx, catalog, route):
+            other = catalog[model]
+            target = self.choose(other, self.region(ctx, other), tried)
+            if target is not None:
+                return target
+        return None
+
+    def chain_of(
+        self, ctx: RequestContext, catalog: dict[str, ModelRoute], route: ModelRoute
+    ) -> tuple[str, ...]:
+        plan = ctx.plan
+        chain = plan.fallbacks.get(route.name) if plan is not None else None
+        if chain is None:
+            chain = route.fallback
+        return tuple(m for m in chain if plan is None or plan.allows(m))
+
+
+def unusable_reason(route: ModelRoute, tried: Sequence[Target]) -> str:
+    """Why no deployment of ``route`` could be chosen: overload (some were only at
+    capacity), circuit_open (some circuits are open), else outage (all failed now)."""
+    if any(t.saturated for t in route.targets if t not in tried):
+        return "overload"
+    if any(t.health.state is OPEN for t in route.targets):
+        return "circuit_open"
+    return "outage"
+
+
+def switch_model(ctx: RequestContext, target: Target, why: str) -> None:
+    """The request is served by ``target``'s model instead: say so, bill at its price."""
+    FALLBACKS.labels(ctx.model, target.model, why).inc()
+    ctx.response_headers.append(
+        (b"x-quotagate-fallback", f"{ctx.model} -> {target.model}; reason={why}".encode())
+    )
+    ctx.model = ctx.payload["model"] = target.model
+    ctx.payload_changed = True
