@@ -59,15 +59,16 @@ def circuit(fleet: Fleet, model: str, name: str) -> str:
     return str(readyz(fleet)["deployments"][model][name]["circuit"])
 
 
-def start_fleet(tmp: Path, **routing: Any) -> Fleet:
+def start_fleet(tmp: Path, eu_extra: dict[str, Any] | None = None, **routing: Any) -> Fleet:
     eu, us, cheap = (start_mock(tmp) for _ in range(3))
     doc = policy(cheap.base_url + "/v1")
     doc["models"][GPT4]["deployments"] = [
         {"url": eu.base_url + "/v1", "region": "eu-west", "name": "eu-1",
-         "timeouts": {"first_byte": "300ms", "total": "5s"}},
+         "timeouts": {"first_byte": "300ms", "idle": "1500ms", "total": "5s"}},
         {"url": us.base_url + "/v1", "region": "us-east", "name": "us-1",
-         "timeouts": {"first_byte": "300ms", "total": "5s"}},
+         "timeouts": {"first_byte": "300ms", "idle": "1500ms", "total": "5s"}},
     ]  # fmt: skip
+    doc["models"][GPT4]["deployments"][0].update(eu_extra or {})
     doc["models"][GPT4]["fallback"] = [CHEAP]
     doc["models"][CHEAP]["deployments"][0]["name"] = "cheap-1"
     doc["plans"]["enterprise"]["limits"] = []  # the traffic here is about the upstreams
@@ -221,6 +222,39 @@ def test_a_429_moves_the_request_to_another_deployment_at_once(fleet: Fleet) -> 
     assert detail["throttled"] is True and detail["circuit"] == "closed"
 
 
+def test_a_json_body_cut_before_reaching_the_client_is_retried(fleet: Fleet) -> None:
+    faults(fleet.eu, drop_rate=1.0)
+    with fleet.client() as client:
+        name, raw = served_by(client)
+    assert name == "us-1" and raw.http_response.status_code == 200
+    assert raw.parse().choices[0].message.content
+
+
+def test_max_concurrency_is_a_hard_cap_that_spills_over(tmp_path: Path) -> None:
+    capped = {"max_concurrency": 2, "timeouts": {"first_byte": "5s", "total": "10s"}}
+    fleet = start_fleet(tmp_path, eu_extra=capped)
+    gateway, key = fleet.gateway, fleet.key
+    try:
+        faults(fleet.eu, ttft_ms=1500)  # each eu request holds its slot for 1.5s
+        served: list[str] = []
+        barrier = threading.Barrier(6)
+
+        def one() -> None:
+            with sdk(gateway, key) as client:
+                barrier.wait()
+                served.append(served_by(client, max_tokens=4, stream=False)[0])
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        fleet.stop()
+    assert len(served) == 6  # none refused: the rest spilled over to us-east
+    assert Counter(served)["eu-1"] == 2, served
+
+
 def test_no_retry_once_the_stream_has_started(fleet: Fleet) -> None:
     before = seen(fleet.eu) + seen(fleet.us) + seen(fleet.cheap)
     with fleet.client() as client:
@@ -234,6 +268,29 @@ def test_no_retry_once_the_stream_has_started(fleet: Fleet) -> None:
     assert received, "nothing was relayed before the cut"
     assert err.value.body is not None and err.value.body["code"] == "upstream_error"
     assert seen(fleet.eu) + seen(fleet.us) + seen(fleet.cheap) == before + 1
+
+
+def stream_text(client: openai.OpenAI, tokens: int) -> str:
+    stream = client.chat.completions.create(
+        model=GPT4, messages=messages(f"[[mock:tokens={tokens}]] slow"), stream=True
+    )
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def test_gaps_between_chunks_are_bounded_by_idle_not_first_byte(fleet: Fleet) -> None:
+    # 0.8s between tokens: above first_byte (300ms), within idle (1.5s).
+    faults(fleet.eu, tokens_per_second=1.25)
+    with fleet.client() as client:
+        assert stream_text(client, 3)
+        # 2.5s between tokens: past idle.
+        faults(fleet.eu, tokens_per_second=0.4)
+        started = time.monotonic()
+        with pytest.raises(openai.APIError) as err:
+            stream_text(client, 3)
+        elapsed = time.monotonic() - started
+    assert err.value.body is not None and err.value.body["code"] == "upstream_timeout"
+    assert 1.4 <= elapsed < 2.4, elapsed  # the idle gap ended it, not the 5s total
+    faults(fleet.eu, tokens_per_second=0.0)
 
 
 def test_retries_never_exceed_the_retry_budget(tmp_path: Path) -> None:

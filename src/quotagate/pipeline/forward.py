@@ -17,10 +17,10 @@ import aiohttp
 import orjson
 
 from quotagate.budget.idempotency import MAX_KEPT
-from quotagate.errors import GatewayError, UpstreamError
+from quotagate.errors import GatewayError, NoDeployment, UpstreamError
 from quotagate.observability.metrics import UPSTREAM_RETRIES
 from quotagate.pipeline.context import Headers, RequestContext
-from quotagate.pipeline.stage import PolicySource
+from quotagate.pipeline.stage import Answered, PolicySource
 from quotagate.routing.cache import ResponseCache
 from quotagate.routing.catalog import Target
 from quotagate.routing.router import Router, switch_model
@@ -94,6 +94,8 @@ class Forward:
         limits = target.timeout  # deadlines of this attempt
         tried: list[Target] = []
         while True:
+            if target.saturated:  # others took its last slot since it was chosen
+                target = await self._spill(ctx, target, tried)
             health = target.health
             probe = health.begin()
             target.gauge.inc()  # type: ignore[attr-defined]
@@ -102,8 +104,13 @@ class Forward:
                 resp, failure = await self._send(ctx, session, target, limits)
                 if failure is None:
                     assert resp is not None
-                    await self._answer(ctx, resp, target)
-                    return
+                    try:
+                        await self._answer(ctx, resp, target)
+                        return
+                    except UpstreamError as exc:  # the body broke off
+                        if ctx.response_started:
+                            raise
+                        failure = exc  # nothing has reached the client: retryable
                 tried.append(target)
                 wait = _retry_after(resp) if resp is not None else None
                 nxt = self._next(ctx, tried, deadline, failure, wait)
@@ -131,6 +138,22 @@ class Forward:
                 sock_connect=nxt.timeout.sock_connect,
                 sock_read=nxt.timeout.sock_read,
             )
+
+    async def _spill(self, ctx: RequestContext, target: Target, tried: list[Target]) -> Target:
+        """``target`` is at its ``max_concurrency``: another deployment (or fallback
+        model) that is not; else the cache's answer, or 503 overloaded."""
+        other = self._router.find(ctx, self._policy.snapshot.catalog, [*tried, target])
+        if other is None:
+            if self._cache is not None and await self._cache.degrade(ctx):
+                raise Answered
+            raise NoDeployment(
+                f"Every deployment of {ctx.model} is at capacity; retry shortly.",
+                code="overloaded",
+            )
+        if other.model != ctx.model:
+            switch_model(ctx, other, "overload")
+        ctx.target, ctx.price = other, other.prices
+        return other
 
     async def _send(
         self,
@@ -207,11 +230,13 @@ class Forward:
         self, ctx: RequestContext, resp: aiohttp.ClientResponse, target: Target
     ) -> None:
         """Relay the answer; the deployment's health learns how it went."""
+        mark = len(ctx.response_headers)
         ctx.response_headers.extend(target.header)
         try:
             await self._relay(ctx, resp)
         except UpstreamError as exc:
             target.health.failed(exc.code or "error")  # a body cut or timed out
+            del ctx.response_headers[mark:]  # a retry names its own deployment
             raise
         finally:
             if not ctx.upstream_ended:  # JSON answers are stamped when read in full
