@@ -172,3 +172,69 @@ def test_open_or_saturated_deployments_spill_over(snapshot: Snapshot) -> None:
     chosen = router.choose(route, "eu-west")
     assert chosen is not None and chosen.name == "ap-a"
     assert router.choose(route, "eu-west", tried=[chosen]) is None
+
+
+CHAINS = """
+models:
+  gpt-4:
+    price: {input_per_1m: 30, output_per_1m: 60}
+    deployments:
+      - {url: "http://127.0.0.1:9001/v1", name: a, region: eu-west}
+      - {url: "http://127.0.0.1:9002/v1", name: b, region: eu-west,
+         price: {input_per_1m: 20, output_per_1m: 40}}
+    fallback: [gpt-4o-mini, gpt-3.5-turbo]
+  gpt-4o-mini:
+    deployments: [{url: "http://127.0.0.1:9003/v1"}]
+  gpt-3.5-turbo:
+    deployments: [{url: "http://127.0.0.1:9004/v1"}]
+plans:
+  free: {models: [gpt-4, gpt-3.5-turbo]}
+  pro:
+    models: ["*"]
+    fallbacks: {gpt-4: [gpt-3.5-turbo]}
+routing:
+  strategy: latency
+"""
+
+
+class Ctx:
+    """The few request fields the router reads."""
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+        self.scope: dict[str, Any] = {"headers": []}
+        self.model = "gpt-4"
+
+
+def test_a_deployment_price_overrides_the_models() -> None:
+    snapshot = Snapshot.compile(parse_policy(CHAINS, env={}))
+    a, b = snapshot.catalog["gpt-4"].targets
+    assert a.prices == (30_000_000, 60_000_000)
+    assert b.prices == (20_000_000, 40_000_000)
+
+
+def test_fallback_chains_come_from_the_plan_else_the_model_within_the_plan() -> None:
+    snapshot = Snapshot.compile(parse_policy(CHAINS, env={}))
+    router = Router(snapshot.policy.routing)
+    route = snapshot.catalog["gpt-4"]
+    free, pro = snapshot.plans["free"], snapshot.plans["pro"]
+    # The model's chain, without gpt-4o-mini: the free plan does not include it.
+    assert router.chain_of(Ctx(free), snapshot.catalog, route) == ("gpt-3.5-turbo",)  # type: ignore[arg-type]
+    # The plan's own chain replaces the model's.
+    assert router.chain_of(Ctx(pro), snapshot.catalog, route) == ("gpt-3.5-turbo",)  # type: ignore[arg-type]
+    for target in route.targets:
+        target.health.consecutive = 99
+        target.health.failed("down")
+    chosen = router.find(Ctx(pro), snapshot.catalog)  # type: ignore[arg-type]
+    assert chosen is not None and chosen.model == "gpt-3.5-turbo"
+
+
+def test_the_latency_strategy_prefers_the_faster_deployment() -> None:
+    snapshot = Snapshot.compile(parse_policy(CHAINS, env={}))
+    router = Router(snapshot.policy.routing, random.Random(3))
+    route = snapshot.catalog["gpt-4"]
+    fast, slow = route.targets
+    fast.health.succeeded(0.1)
+    slow.health.succeeded(0.4)  # 4x slower: a quarter of the weight
+    picks = Counter(router.choose(route, None).name for _ in range(2000))  # type: ignore[union-attr]
+    assert 3.2 < picks["a"] / picks["b"] < 4.8, picks
