@@ -39,6 +39,7 @@ from quotagate.limits.engine import EngineSettings, LimitEngine
 from quotagate.observability.anomaly import AnomalyResponse, SpendAnomalies
 from quotagate.observability.metrics import RELOADS
 from quotagate.observability.observe import build_observer
+from quotagate.pipeline.admit import AdmitIp, InFlightCap
 from quotagate.pipeline.authenticate import Authenticate
 from quotagate.pipeline.authorize import Authorize
 from quotagate.pipeline.client_address import Networks, client_address
@@ -51,10 +52,12 @@ from quotagate.pipeline.parse import Parse
 from quotagate.pipeline.responses import send_json
 from quotagate.pipeline.route import Route
 from quotagate.pipeline.runner import Pipeline
+from quotagate.pipeline.shape import Shape
 from quotagate.pipeline.stage import Stage
 from quotagate.routing.cache import ResponseCache
 from quotagate.routing.checks import HealthChecks
 from quotagate.routing.health import HealthRegistry
+from quotagate.routing.pressure import Pressure
 from quotagate.routing.router import Router
 from quotagate.settings import Settings
 from quotagate.store.base import LimitStore
@@ -102,6 +105,8 @@ class Gateway:
         self.router = Router(policy.routing)
         self.settings = settings
         self.engine = open_engine(policy.store)
+        self.router.pressure = Pressure(self.engine)
+        self.router.pressure.config = policy.shaping.pressure
         self.store = self.engine.store
         self.db = Database(policy.database.url, policy.database.schema_name)
         self.keys = KeyAuthenticator(self.db, settings.server_secret(), policy.auth.key_cache_ttl)
@@ -157,6 +162,8 @@ class Gateway:
         await self.identity.start()
         self.session = new_session()
         self.checks.start()
+        if self.router.pressure is not None:
+            self.router.pressure.start()
         if self.ledger is not None:
             await self.ledger.start()
         self.alerts.sender = self._alert_sender(self.session)
@@ -179,6 +186,8 @@ class Gateway:
         """Shutdown (SIGTERM): in-flight requests have ended; write what they left."""
         await self.reaper.stop()
         await self.checks.stop()
+        if self.router.pressure is not None:
+            await self.router.pressure.stop()
         await self.invalidation.stop()
         if self.alerts.sender is not None:
             await self.alerts.sender.close()
@@ -201,6 +210,8 @@ class Gateway:
             log.warning("policy reload: changes to JWT issuers take effect on restart")
         self.snapshot = Snapshot.compile(policy, self.health)
         self.router.configure(policy.routing)
+        if self.router.pressure is not None:
+            self.router.pressure.config = policy.shaping.pressure
         self.keys.ttl = policy.auth.key_cache_ttl
         if self.identity.jwt is not None:
             self.identity.jwt.ttl = policy.auth.key_cache_ttl
@@ -258,19 +269,23 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     authenticate = Authenticate(gw, gw.keys, gw.identity.jwt)
     idempotency = Idempotency(gw.engine, gw)
     cache = ResponseCache(gw, gw.engine)
+    cap = InFlightCap(gw)
     stages: list[Stage] = gw.observer.wrap([
+        AdmitIp(gw),
         authenticate,
+        cap,
         Parse(gw),
         idempotency,
         Authorize(gw),
         Route(gw, gw.router, cache),
         Limit(gw.engine, gw, gw.alerts, gw.router),
         cache,
+        Shape(gw, cache),
         Forward(gw, gw, gw.router, cache),
     ])  # fmt: skip
     proxy = Pipeline(
-        stages, settle=gw.engine, ledger=gw.ledger, finish=[idempotency.finish, cache.finish],
-        observer=gw.observer,
+        stages, settle=gw.engine, ledger=gw.ledger,
+        finish=[cap.finish, idempotency.finish, cache.finish], observer=gw.observer,
     )  # fmt: skip
     proxied = {
         "/v1/chat/completions": ("chat.completions", "/chat/completions", True),
@@ -342,6 +357,8 @@ def _scan_headers(ctx: RequestContext, trusted: Networks = ()) -> None:
             ctx.traceparent = value.decode()
         elif name == b"tracestate" and len(value) <= 512:
             ctx.tracestate = value.decode("latin-1")
+        elif name == b"x-quotagate-class":
+            ctx.traffic_class = value.decode("latin-1").strip().lower()[:32]
     # A client's own request id is kept when it is safe to echo and to log; the ledger
     # keys on the gateway's own (a client could send one id twice).
     if forwarded:

@@ -143,6 +143,10 @@ def mock_llm(
     hang_rate: Annotated[float, typer.Option(help="Fraction of requests never answered.")] = 0.0,
     drop_rate: Annotated[float, typer.Option(help="Fraction of streams cut mid-way.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for the fault dice.")] = 0,
+    capacity: Annotated[
+        float,
+        typer.Option(help="Load model: requests served at full speed at once; 0 = off."),
+    ] = 0.0,
 ) -> None:
     """Run the OpenAI-compatible mock LLM upstream (for demos, tests, benchmarks)."""
     from quotagate.mock_llm import MockSettings, run
@@ -160,6 +164,7 @@ def mock_llm(
             hang_rate=hang_rate,
             drop_rate=drop_rate,
             seed=seed,
+            capacity=capacity,
         )
     )
 

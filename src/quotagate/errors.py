@@ -12,11 +12,13 @@ translated once, where they enter, into the most specific class below. The runne
     ├── NotFound                      404 model_not_found / not_found
     ├── MethodNotAllowed              405
     ├── RateLimited                   429 rate_limit_exceeded (+ Retry-After)
+    │   └── IpRefused                 429 ip_rate_limited: the pre-auth per-address guard
     ├── QuotaExhausted                402 insufficient_quota, code: the quota's name
     │                                     (429 with accounting.exhausted_status: 429)
     ├── Conflict                      409 idempotency_key_in_use / 422 idempotency_key_reused
     ├── ServiceUnavailable            503 (store or database down and policy is closed)
     │   └── NoDeployment              503 no_healthy_deployment / overloaded (+ Retry-After)
+    │       └── Shed                  503 overloaded: the admission queue could not wait
     └── UpstreamError                 502 upstream_error
         ├── UpstreamUnavailable       502 (connect refused / reset)
         └── UpstreamTimeout           504 upstream_timeout
@@ -99,6 +101,13 @@ class RateLimited(GatewayError):
     decision = "rate_limited"
 
 
+class IpRefused(RateLimited):
+    """The per-address guard refused the request before authentication."""
+
+    code = "ip_rate_limited"
+    decision = "ip_refused"
+
+
 class QuotaExhausted(GatewayError):
     """A quota or budget is used up for its period. Never worth retrying before the
     reset: ``x-should-retry: false`` stops the official SDKs' automatic retries."""
@@ -142,6 +151,17 @@ class NoDeployment(ServiceUnavailable):
 
     def __init__(self, message: str, *, code: str | None = None, retry_after: int = 1) -> None:
         super().__init__(message, code=code, headers=[(b"retry-after", str(retry_after).encode())])
+
+
+class Shed(NoDeployment):
+    """Load shedding: the deployment is full and this request could not wait (its
+    class's longest wait passed, or higher-priority traffic took its place)."""
+
+    code = "overloaded"
+    decision = "shed"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, retry_after=retry_after)
 
 
 class UpstreamError(GatewayError):

@@ -224,6 +224,19 @@ class Timeouts(Frozen):
     total: Duration = 600.0  # the whole call, retries included
 
 
+class HealthSignal(Frozen):
+    url: str
+    field: str | None = None  # JSON: e.g. memory_pressure, or gpu.kv_cache_usage
+    metric: str | None = None  # Prometheus text: e.g. vllm:gpu_cache_usage_perc
+    max: float = Field(default=0.9, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HealthSignal:
+        if (self.field is None) == (self.metric is None):
+            raise ValueError("a health_signal reads exactly one of: field (JSON), metric")
+        return self
+
+
 class Deployment(Frozen):
     url: str
     # Names the deployment in headers, metrics, logs and /readyz (default: host:port).
@@ -233,9 +246,14 @@ class Deployment(Frozen):
     # The upstream credential is read from this environment variable, never from a request.
     api_key_env: str | None = None
     timeouts: Timeouts = Timeouts()
-    # Requests in flight to this deployment at most; beyond it traffic spills over.
+    # Requests in flight to this deployment at most; beyond it traffic spills over or
+    # waits in the admission queue (shaping.queue). With shaping.adaptive, the ceiling
+    # of the adaptive limit.
     max_concurrency: int | None = Field(default=None, gt=0)
     price: Price | None = None  # this deployment's price, if not the model's
+    # The upstream's own load figure (shaping.adaptive): GET this URL; a JSON `field`
+    # (dotted path) or a Prometheus `metric` above `max` means it is under pressure.
+    health_signal: HealthSignal | None = None
 
     @field_validator("url")
     @classmethod
@@ -398,6 +416,12 @@ class Plan(Frozen):
     # Exact-match response cache (routing.cache): always, only when the request's model
     # cannot serve it (overload, outage: the degrade path), or never.
     cache: Literal["always", "degrade", "off"] = "off"
+    # Who goes first when capacity is short (higher first; weighted-fair: a level gets
+    # slots in proportion to priority + 1), and is shed last.
+    priority: int = Field(default=0, ge=0, le=100)
+    # When every deployment of the model is full: wait in its admission queue (queue),
+    # or first try the cache and the fallback models (degrade), then wait.
+    on_overload: Literal["queue", "degrade"] = "queue"
 
 
 class BreakerConfig(Frozen):
@@ -460,6 +484,60 @@ class RoutingConfig(Frozen):
     @classmethod
     def _lower(cls, value: str | None) -> str | None:
         return value.lower() if value else value
+
+
+class QueueConfig(Frozen):
+    """Requests wait here when their deployment is at its concurrency limit."""
+
+    max_length: int = Field(default=256, ge=0)  # waiting per deployment; 0: shed at once
+    # The longest wait per traffic class (x-quotagate-class), then 503 with Retry-After.
+    max_wait: dict[Literal["interactive", "batch"], Duration] = {
+        "interactive": 2.0,
+        "batch": 120.0,
+    }
+
+
+class AdaptiveConfig(Frozen):
+    """Each deployment's concurrency limit follows its health (AIMD): every `interval`
+    it is cut by `backoff` when time to first token, time per output token, the error
+    share or the upstream's health signal is above target, else raised by one while the
+    limit was reached."""
+
+    min: int = Field(default=1, ge=1)
+    max: int = Field(default=64, ge=1)  # a deployment's max_concurrency caps it lower
+    initial: int = Field(default=8, ge=1)
+    interval: Duration = 0.5
+    target_ttft: Duration = 2.0
+    target_tpot: Duration = 0.2
+    max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    backoff: float = Field(default=0.75, gt=0, lt=1)
+
+
+class IpGuard(Frozen):
+    """Per client address, in this process, before any key lookup or signature check."""
+
+    requests: int = Field(gt=0)
+    per: Duration = 1.0
+    burst: int | None = Field(default=None, gt=0)
+
+
+class PressureConfig(Frozen):
+    """Limits that follow model health: while the 95th percentile of time to first token
+    (over every deployment, the last `window`) is above `ttft_p95_above` on any instance,
+    each plan's rate limits are multiplied by its `scale` on every instance."""
+
+    ttft_p95_above: Duration
+    window: Duration = 10.0
+    scale: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(min_length=1)
+
+
+class ShapingConfig(Frozen):
+    queue: QueueConfig = QueueConfig()
+    pressure: PressureConfig | None = None
+    adaptive: AdaptiveConfig | None = None  # off: limits are the max_concurrency values
+    ip_guard: IpGuard | None = None
+    # Requests in flight in this process at most (proxied ones); beyond: 503 at once.
+    max_in_flight: int | None = Field(default=None, gt=0)
 
 
 class EmbeddedMock(Frozen):
@@ -534,6 +612,7 @@ class Policy(Frozen):
     mock_llm: EmbeddedMock = EmbeddedMock()
     routes: dict[str, RouteAlias] = {}
     routing: RoutingConfig = RoutingConfig()
+    shaping: ShapingConfig = ShapingConfig()
 
     @field_validator("routes")
     @classmethod
@@ -564,6 +643,10 @@ class Policy(Frozen):
         aliases = [a for m in self.models.values() for a in m.aliases]
         if len(set(aliases)) != len(aliases):
             raise ValueError("models: one alias names two models")
+        pressure = self.shaping.pressure
+        for plan_name in pressure.scale if pressure is not None else ():
+            if plan_name not in self.plans:
+                raise ValueError(f"shaping.pressure.scale: unknown plan {plan_name!r}")
         for plan_name, plan in self.plans.items():
             for model_name, chain in plan.fallbacks.items():
                 for model_ in (model_name, *chain):

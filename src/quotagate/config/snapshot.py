@@ -62,6 +62,8 @@ class CompiledPlan:
     default: LimitSet  # for a model with no quota of its own
     fallbacks: dict[str, tuple[str, ...]]  # the plan's own chains, replacing the models'
     cache: str  # always | degrade | off
+    priority: int
+    on_overload: str  # queue | degrade
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -100,6 +102,8 @@ def _compile_plan(
         LimitSet.of(rates, (q for q in quotas if q.model is None)),
         {model: tuple(chain) for model, chain in plan.fallbacks.items()},
         plan.cache,
+        plan.priority,
+        plan.on_overload,
     )
 
 
@@ -119,6 +123,7 @@ class Snapshot:
         if health is None:
             health = HealthRegistry(policy.routing.breaker)
         health.config = policy.routing.breaker
+        health.adaptive = policy.shaping.adaptive
         global_limits = compile_limits(policy.global_limits, prefix="global.")
         plans = {
             n: _compile_plan(n, p, global_limits, policy.models) for n, p in policy.plans.items()

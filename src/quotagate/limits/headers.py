@@ -44,9 +44,12 @@ def rate_limit_headers(
     outcomes: Sequence[CheckOutcome],
     denied: int,
     policy_value: bytes,
+    scale: float = 1.0,
 ) -> Headers:
     """Headers of the rate ``limits``; ``outcomes`` starts with theirs (quotas' may
-    follow), ``denied`` is the refusing check's index (-1: admitted)."""
+    follow), ``denied`` is the refusing check's index (-1: admitted); ``scale``: the
+    factor model pressure applies to the amounts now (``RateLimit-Policy`` keeps the
+    plan's own, ``x-quotagate-limit-factor`` says the factor)."""
     if not limits:
         return []
     state = ", ".join(
@@ -58,7 +61,10 @@ def rate_limit_headers(
         of_unit = [i for i, limit in enumerate(limits) if limit.unit == unit]
         if of_unit:
             tightest = min(of_unit, key=lambda i: outcomes[i].remaining)
-            headers += _openai_headers(unit, limits[tightest].amount, outcomes[tightest])
+            amount = limits[tightest].amount
+            if scale != 1.0:
+                amount = max(1, round(amount * scale))
+            headers += _openai_headers(unit, amount, outcomes[tightest])
     if 0 <= denied < len(limits):
         retry = outcomes[denied].retry_after
         headers.append((b"retry-after", str(max(1, math.ceil(retry))).encode()))

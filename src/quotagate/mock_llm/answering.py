@@ -13,7 +13,7 @@ import orjson
 from .directives import Directives
 from .errors import DroppedConnection, MockError
 from .exchange import Exchange
-from .faults import Fault, FaultPlan, choose_fault
+from .faults import OVERLOADED, Fault, FaultPlan, choose_fault, overloaded
 from .generation import Choice, plan_choices, prompt_digest
 from .openai_requests import GenerationRequest
 from .pacing import Pacing
@@ -28,6 +28,8 @@ _OPENING, _TOKEN, _FINISH, _USAGE = range(4)
 async def take_fault(exchange: Exchange, state: MockState, directives: Directives) -> FaultPlan:
     """Raise an injected error, or sit out a hang; return the plan for what remains."""
     plan = choose_fault(directives, state.settings, state.rng)
+    if plan.fault is Fault.NONE and overloaded(state.settings, state.stats.in_flight, state.rng):
+        plan = OVERLOADED
     if plan.fault is Fault.ERROR:
         extra = () if plan.retry_after is None else ((b"retry-after", plan.retry_after.encode()),)
         raise MockError(plan.status, f"mock injected error {plan.status}", headers=extra)
@@ -51,7 +53,7 @@ async def answer_completion(
     )
     completion_tokens = sum(len(choice.deltas) for choice in choices)
     usage = usage_block(request.prompt_tokens, completion_tokens)
-    pacing = Pacing.of(state.settings, request.directives)
+    pacing = Pacing.of(state.settings, request.directives, state.stats.in_flight)
     drop = plan.fault is Fault.DROP
     if not request.stream:
         total_s = pacing.total_s(completion_tokens)

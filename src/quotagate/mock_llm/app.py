@@ -29,6 +29,7 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/_mock/stats": {"GET": control.get_stats},
     "/_mock/last-request": {"GET": control.get_last_request},
     "/_mock/stop": {"POST": control.stop},
+    "/_mock/load": {"GET": control.get_load},
 }
 
 _UPSTREAM_PREFIX = "/v1/"
@@ -55,6 +56,7 @@ class MockApp:
         stats = self.state.stats
         stats.requests += 1
         stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
         try:
             await self._answer(exchange, upstream)
         finally:

@@ -38,6 +38,20 @@ async def get_last_request(exchange: Exchange, state: MockState) -> None:
     await exchange.send_json(200, orjson.dumps(None if recorded is None else recorded.as_json()))
 
 
+async def get_load(exchange: Exchange, state: MockState) -> None:
+    """The load model's health signal, as an inference server would expose it."""
+    capacity = state.settings.capacity
+    in_flight = state.stats.in_flight
+    pressure = min(2.0, in_flight / capacity) if capacity > 0 else 0.0
+    body = {
+        "in_flight": in_flight,
+        "capacity": capacity,
+        "memory_pressure": round(pressure, 3),
+        "peak_in_flight": state.stats.peak_in_flight,
+    }
+    await exchange.send_json(200, orjson.dumps(body))
+
+
 async def stop(exchange: Exchange, state: MockState) -> None:
     """Answer, then stop this mock process as SIGTERM would (the demo's region outage)."""
     await exchange.send_json(200, b'{"stopping":true}')

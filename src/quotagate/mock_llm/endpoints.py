@@ -45,7 +45,7 @@ async def embeddings(exchange: Exchange, state: MockState) -> None:
     if plan.fault is Fault.HANG:
         return
     # No tokens are generated, so only the time to first token applies.
-    delay = Pacing.of(state.settings, request.directives).first_s
+    delay = Pacing.of(state.settings, request.directives, state.stats.in_flight).first_s
     if delay > 0 and not await exchange.pause(delay):
         return
     await send_whole(exchange, orjson.dumps(_embedding_list(request)), plan.fault is Fault.DROP)

@@ -31,6 +31,15 @@ HANG = FaultPlan(Fault.HANG)
 DROP = FaultPlan(Fault.DROP)
 
 
+OVERLOADED = FaultPlan(Fault.ERROR, 503, "1")
+
+
+def overloaded(settings: MockSettings, in_flight: int, rng: random.Random) -> bool:
+    """Past twice its capacity the load model refuses a growing share of requests."""
+    limit = 2 * settings.capacity
+    return settings.capacity > 0 and in_flight > limit and rng.random() > limit / in_flight
+
+
 def choose_fault(directives: Directives, settings: MockSettings, rng: random.Random) -> FaultPlan:
     """A directive always wins; otherwise each non-zero rate is drawn in a fixed order."""
     if directives.hang:
@@ -69,3 +78,4 @@ class MockStats:
     hangs: int = 0
     drops: int = 0
     in_flight: int = 0
+    peak_in_flight: int = 0  # the most /v1 requests in flight at once since start

@@ -14,10 +14,12 @@ class Pacing:
     gap_s: float  # between two tokens
 
     @classmethod
-    def of(cls, settings: MockSettings, directives: Directives) -> Pacing:
+    def of(cls, settings: MockSettings, directives: Directives, in_flight: int = 0) -> Pacing:
         ttft_ms = settings.ttft_ms if directives.ttft_ms is None else directives.ttft_ms
         rate = settings.tokens_per_second
-        return cls(ttft_ms / 1000.0, 1.0 / rate if rate > 0 else 0.0)
+        # The load model: beyond capacity every sequence slows down in proportion.
+        slow = max(1.0, in_flight / settings.capacity) if settings.capacity > 0 else 1.0
+        return cls(ttft_ms / 1000.0 * slow, slow / rate if rate > 0 else 0.0)
 
     def before_token(self, position: int) -> float:
         return self.first_s if position == 0 else self.gap_s

@@ -14,6 +14,7 @@ FAULT_FIELDS: tuple[str, ...] = (
     "tokens_per_second",
     "fail_next",
     "retry_after",
+    "capacity",
 )
 
 
@@ -36,6 +37,11 @@ class MockSettings:
     # retry_after` when that is above 0), then the mock is healthy again.
     fail_next: float = 0
     retry_after: float = 0.0
+    # Load model (0: off): up to `capacity` requests at once are served at full speed;
+    # beyond it time to first token and token gaps stretch by in_flight / capacity (a
+    # GPU shared by more sequences), and past twice the capacity requests fail with 503
+    # more and more often. GET /_mock/load reports the memory pressure it implies.
+    capacity: float = 0
     models: tuple[str, ...] = ("gpt-3.5-turbo", "gpt-4", "text-embedding-3-small")
     seed: int = 0
     default_completion_tokens: int = 16

@@ -31,7 +31,7 @@ DECISIONS = frozenset(
     {
         "allowed", "replayed", "client_disconnected", "bad_request", "denied_auth",
         "denied_plan", "not_found", "rate_limited", "quota_exhausted", "unavailable",
-        "upstream_error", "upstream_timeout", "error", "cache_hit",
+        "upstream_error", "upstream_timeout", "error", "cache_hit", "shed", "ip_refused",
     }
 )  # fmt: skip
 REQUEST_SECONDS = Histogram(
@@ -237,6 +237,42 @@ HEALTH_CHECKS = Counter(
     "quotagate_health_checks",
     "Active health checks by model, deployment and outcome (ok, failed).",
     ("model", "deployment", "outcome"),
+)
+
+
+QUEUE_WAITING = Gauge(
+    "quotagate_queue_waiting",
+    "Requests waiting for a slot of a full deployment, by model and deployment.",
+    ("model", "deployment"),
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "quotagate_queue_wait_seconds",
+    "Time requests waited for a deployment's slot, by plan priority.",
+    ("priority",),
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+SHED = Counter(
+    "quotagate_shed",
+    "Requests shed (503) by reason: max_wait, queue_full, displaced (by higher "
+    "priority), in_flight_cap.",
+    ("reason",),
+)
+CONCURRENCY_LIMIT = Gauge(
+    "quotagate_deployment_concurrency_limit",
+    "A deployment's concurrency limit now (adaptive, or its max_concurrency).",
+    ("model", "deployment"),
+    multiprocess_mode="livesum",
+)
+HEALTH_FACTOR = Gauge(
+    "quotagate_limit_health_factor",
+    "The factor a plan's rate limits are scaled by now (shaping.pressure; 1: unscaled).",
+    ("plan",),
+    multiprocess_mode="livemin",
+)
+PREAUTH_REFUSED = Counter(
+    "quotagate_preauth_refused",
+    "Requests refused before authentication by the per-address guard (shaping.ip_guard).",
 )
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from quotagate.config.snapshot import CompiledPlan
-from quotagate.errors import NotFound, PermissionDenied
+from quotagate.errors import BadRequest, NotFound, PermissionDenied
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import TOKEN_FIELDS
 from quotagate.pipeline.stage import PolicySource
+
+_CLASSES = frozenset({"", "interactive", "batch"})  # "": none sent (interactive)
 
 
 class Authorize:
@@ -17,6 +19,10 @@ class Authorize:
 
     async def __call__(self, ctx: RequestContext) -> None:
         plan: CompiledPlan = ctx.plan
+        if ctx.traffic_class not in _CLASSES:
+            raise BadRequest(
+                "x-quotagate-class must be 'interactive' or 'batch'.", param="x-quotagate-class"
+            )
         route = self._policy.snapshot.catalog.get(ctx.model)
         if route is None:
             raise NotFound(

@@ -19,12 +19,14 @@ class RequestContext:
         "api_key",
         "body",
         "cache_key",
+        "capped",
         "client_ip",
         "content_length",
         "decision",
         "denial",
         "endpoint",
         "first_token",
+        "held",
         "idempotency_key",
         "idempotency_store",
         "kept_body",
@@ -37,6 +39,7 @@ class RequestContext:
         "plan",
         "price",
         "principal",
+        "probe",
         "prompt_estimate",
         "receive",
         "record_id",
@@ -59,6 +62,7 @@ class RequestContext:
         "target",
         "traceparent",
         "tracestate",
+        "traffic_class",
         "ttfb",
         "upstream_ended",
         "upstream_started",
@@ -92,6 +96,12 @@ class RequestContext:
         self.stream = False
         self.max_tokens: int | None = None
         self.target: Target | None = None
+        # The deployment whose slot shape took for this request (forward uses it), and
+        # whether that slot is a half-open circuit's probe.
+        self.held: Target | None = None
+        self.probe = False
+        self.capped = False  # counted by the gateway-wide in-flight cap
+        self.traffic_class = ""  # x-quotagate-class: interactive (default) or batch
         self.leases: list[LeaseCheck] = []
         # Metering: what was reserved (tokens, money), on which counters (each in
         # "tokens" or "micros"), the record a reaper takes if this gateway dies, and what

@@ -20,6 +20,7 @@ from quotagate.budget.idempotency import MAX_KEPT
 from quotagate.errors import GatewayError, NoDeployment, UpstreamError
 from quotagate.observability.metrics import UPSTREAM_RETRIES
 from quotagate.pipeline.context import Headers, RequestContext
+from quotagate.pipeline.shape import priority_of
 from quotagate.pipeline.stage import Answered, PolicySource
 from quotagate.routing.cache import ResponseCache
 from quotagate.routing.catalog import Target
@@ -94,10 +95,14 @@ class Forward:
         limits = target.timeout  # deadlines of this attempt
         tried: list[Target] = []
         while True:
-            if target.saturated:  # others took its last slot since it was chosen
-                target = await self._spill(ctx, target, tried)
             health = target.health
-            probe = health.begin()
+            if ctx.held is target:  # shape took this deployment's slot
+                probe, ctx.held = ctx.probe, None
+            else:
+                if target.saturated:  # others took its last slot since it was chosen
+                    target = await self._spill(ctx, target, tried)
+                    health = target.health
+                probe = health.begin()
             target.gauge.inc()  # type: ignore[attr-defined]
             resp: aiohttp.ClientResponse | None = None
             try:
@@ -166,6 +171,9 @@ class Forward:
         or no response and the failure."""
         headers = dict(target.headers)
         headers["x-request-id"] = ctx.request_id
+        # The backend may schedule by these: the plan's priority, the traffic class.
+        headers["x-quotagate-priority"] = str(priority_of(ctx))
+        headers["x-quotagate-class"] = ctx.traffic_class or "interactive"
         if ctx.traceparent:  # W3C trace context: the client's, or this gateway's span
             headers["traceparent"] = ctx.traceparent
             if ctx.tracestate:
@@ -183,15 +191,18 @@ class Forward:
             ctx.upstream_ended = time.perf_counter()
             error = translate(exc, ctx.model)
             target.health.failed(error.code or "error")
+            target.health.samples.failure()
             return None, error
         status = resp.status
         if status == 429:
             target.health.throttled(_retry_after(resp) or 1.0)
+            target.health.samples.failure()  # back-pressure: the adaptive limit backs off
             return resp, UpstreamError(f"The model server for {ctx.model} answered 429.")
         # 5xx, and 401/403 (the gateway's own upstream credential was refused: never the
         # client's fault, and never to be confused with the client's key) are 502s.
         if status >= 500 or status in (401, 403):
             target.health.failed(f"status {status}")
+            target.health.samples.failure()
             return resp, UpstreamError(f"The model server for {ctx.model} answered {status}.")
         return resp, None
 
@@ -241,11 +252,23 @@ class Forward:
         finally:
             if not ctx.upstream_ended:  # JSON answers are stamped when read in full
                 ctx.upstream_ended = time.perf_counter()
+        health = target.health
         if ctx.decision in ("upstream_error", "upstream_timeout"):  # a stream broke in-band
-            target.health.failed(ctx.decision)
+            health.failed(ctx.decision)
+            health.samples.failure()
         elif resp.status < 500:
             first = ctx.first_token or ctx.upstream_ended
-            target.health.succeeded(first - ctx.upstream_started)
+            health.succeeded(first - ctx.upstream_started)
+            # Adaptive concurrency's signals: time to first token (streams), and per
+            # output token after it (for a JSON answer, the whole call per token).
+            tokens = ctx.usage.completion if ctx.usage is not None else 0
+            tpot = (ctx.upstream_ended - first) / (tokens - 1) if tokens > 1 else None
+            if not ctx.first_token and tokens:
+                tpot = (ctx.upstream_ended - ctx.upstream_started) / tokens
+            ttft = first - ctx.upstream_started if ctx.first_token else None
+            health.samples.answered(ttft, tpot)
+            if ttft is not None and self._router.pressure is not None:
+                self._router.pressure.observe(ttft)
 
     async def _relay(self, ctx: RequestContext, resp: aiohttp.ClientResponse) -> None:
         target = ctx.target

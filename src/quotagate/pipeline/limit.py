@@ -86,7 +86,7 @@ class Limit:
             outcome = admission.outcomes[admission.denied]
             if denied.kind == "rate":
                 _undo_degrade(ctx, mark, origin)
-                _rate_headers(ctx, limits, admission)
+                _rate_headers(ctx, limits, admission, self._scale(plan))
                 raise RateLimited(_refusal(denied))
             if not self._degrade(ctx, plan, denied, outcome):
                 _undo_degrade(ctx, mark, origin)
@@ -112,11 +112,19 @@ class Limit:
                     raise too_large(limit.name, limit.capacity, ctx)
         unique = new_id()  # lease / log entry id: never the client's request id
         values = scope_values(ctx)
-        checks = [_check(limit, values, unique, ctx, p) for limit in limits.limits]
+        scale = self._scale(plan)
+        if scale != 1.0 and limits.rates:
+            ctx.response_headers.append((b"x-quotagate-limit-factor", f"{scale:g}".encode()))
+        checks = [_check(limit, values, unique, ctx, p, scale) for limit in limits.limits]
         if limits.metered:
             ttl = self._policy.snapshot.policy.accounting.reservation_ttl
             checks.append(reservation_record(ctx, ttl))
         return checks, await self._engine.admit(limits.limits, checks)
+
+    def _scale(self, plan: CompiledPlan) -> float:
+        """The factor model pressure puts on this plan's rate limits now (1: none)."""
+        pressure = self._router.pressure
+        return pressure.factor(plan.name) if pressure is not None else 1.0
 
     def _admitted(
         self,
@@ -127,7 +135,7 @@ class Limit:
         admission: Admission,
     ) -> None:
         if limits.rates:
-            _rate_headers(ctx, limits, admission)
+            _rate_headers(ctx, limits, admission, self._scale(plan))
         if limits.has_quotas:
             self._feedback(ctx, plan, limits, checks, admission)
         if limits.has_leases:
@@ -210,26 +218,36 @@ class Limit:
 
 
 def _check(
-    limit: CompiledLimit, values: ScopeValues, unique: str, ctx: RequestContext, p: Principal
+    limit: CompiledLimit,
+    values: ScopeValues,
+    unique: str,
+    ctx: RequestContext,
+    p: Principal,
+    scale: float = 1.0,  # model pressure (shaping.pressure) on this plan's rate limits
 ) -> Check:
     unit = limit.unit
     cost = (
         ctx.reserved_tokens if unit == "tokens" else ctx.reserved_micros if unit == "micros" else 1
     )
     if limit.kind == "rate":
+        factor = scale if limit.unit != "concurrent" else 1.0
         raise_ = p.grants.get("rate") if p.grants else None
         if raise_ is not None and raise_.override:
-            return limit.check(values, unique, cost, factor=raise_.override / RATE_PERMILLE)
+            factor *= raise_.override / RATE_PERMILLE
+        if factor != 1.0:
+            return limit.check(values, unique, cost, factor=factor)
         return limit.check(values, unique, cost)
     grant = p.grants.get(limit.resource) if p.grants and limit.resource else None
     amount = grant.apply(limit.amount) if grant is not None else None
     return limit.check(values, unique, cost, p.zone, amount)
 
 
-def _rate_headers(ctx: RequestContext, limits: LimitSet, admission: Admission) -> None:
+def _rate_headers(
+    ctx: RequestContext, limits: LimitSet, admission: Admission, scale: float = 1.0
+) -> None:
     rates = limits.limits[: limits.rates]  # the rate limits come first
     ctx.response_headers.extend(
-        rate_limit_headers(rates, admission.outcomes, admission.denied, limits.policy_header)
+        rate_limit_headers(rates, admission.outcomes, admission.denied, limits.policy_header, scale)
     )
 
 

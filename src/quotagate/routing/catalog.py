@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from quotagate.budget.pricing import Prices, micros_per_1m
-from quotagate.config.schema import Deployment, Model, Price
+from quotagate.config.schema import Deployment, HealthSignal, Model, Price
 from quotagate.observability.metrics import in_flight
 from quotagate.routing.health import DeploymentHealth, HealthRegistry
 
@@ -36,12 +36,13 @@ class Target:
     max_concurrency: int | None
     prices: Prices  # micro-units per 1M input / output tokens at this deployment
     health: DeploymentHealth
+    signal: HealthSignal | None  # the upstream's own load figure, if it exposes one
     gauge: object  # quotagate_upstream_in_flight for this deployment
     header: tuple[tuple[bytes, bytes], ...]  # x-quotagate-model / -deployment
 
     @property
     def saturated(self) -> bool:
-        return self.max_concurrency is not None and self.health.in_flight >= self.max_concurrency
+        return self.health.gate.full()
 
 
 def deployment_name(dep: Deployment) -> str:
@@ -63,10 +64,15 @@ def _target(
     # stage lowers it to the idle gap allowed between chunks. total bounds all.
     timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
     name = deployment_name(dep)
+    record = health.get(model, name, dep.region)
+    gate = record.gate
+    if gate.cap != dep.max_concurrency:  # new, or changed by a reload
+        gate.cap = dep.max_concurrency
+        gate.limit = health.limit_for(dep.max_concurrency)
     return Target(
         model, index, name, dep.url, dep.region, dep.weight, tuple(headers), timeout, t.idle,
         t.total, dep.max_concurrency, micros_per_1m(dep.price or price),
-        health.get(model, name, dep.region), in_flight(model, name),
+        record, dep.health_signal, in_flight(model, name),
         ((b"x-quotagate-model", model.encode()), (b"x-quotagate-deployment", name.encode())),
     )  # fmt: skip
 

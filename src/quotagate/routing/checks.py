@@ -1,19 +1,26 @@
-"""Active health checks (``routing.health_check``): every ``interval`` each deployment
-gets ``GET <url><path>``; a failure (no answer within ``timeout``, or not 2xx) takes it
-out of rotation until a check passes again, whatever its circuit says. Off when the
-policy has no ``health_check``."""
+"""Background work on the deployments' health.
+
+- Active health checks (``routing.health_check``): every ``interval`` each deployment
+  gets ``GET <url><path>``; a failure (no answer within ``timeout``, or not 2xx) takes
+  it out of rotation until a check passes again, whatever its circuit says.
+- Adaptive concurrency (``shaping.adaptive``): every ``interval`` the deployments'
+  health signals are read and each limit takes one AIMD step (``routing.adaptive``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from quotagate.config.snapshot import Snapshot
 from quotagate.observability.metrics import HEALTH_CHECKS
+from quotagate.routing.adaptive import adjust
 from quotagate.routing.catalog import Target
 from quotagate.routing.health import HealthRegistry
 
@@ -29,16 +36,62 @@ class HealthChecks:
     def __init__(self, gateway: GatewaySource, health: HealthRegistry) -> None:
         self._gateway = gateway
         self._health = health
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="health-checks")
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run(), name="health-checks"),
+            loop.create_task(self._adapt(), name="adaptive-concurrency"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+
+    def _targets(self) -> list[Target]:
+        unique = {
+            (t.model, t.name): t for route in self._gateway.snapshot.catalog.values()
+            for t in route.targets
+        }  # fmt: skip
+        return list(unique.values())
+
+    async def _adapt(self) -> None:
+        while True:
+            config = self._gateway.snapshot.policy.shaping.adaptive
+            if config is None:  # off (a reload may turn it on)
+                await asyncio.sleep(5.0)
+                continue
+            targets = self._targets()
+            signals = [t for t in targets if t.signal is not None]
+            if signals:
+                await asyncio.gather(*(self.read_signal(t, config.interval) for t in signals))
+            for target in targets:
+                limit = target.signal.max if target.signal is not None else None
+                adjust(target.health, config, limit)
+            await asyncio.sleep(config.interval)
+
+    async def read_signal(self, target: Target, within: float) -> None:
+        """The upstream's own load figure (JSON field or Prometheus metric), or None
+        when it cannot be read (then it is not a signal)."""
+        signal = target.signal
+        session = self._gateway.session
+        if signal is None or session is None:
+            return
+        value: float | None = None
+        try:
+            async with session.get(signal.url, timeout=aiohttp.ClientTimeout(total=within)) as resp:
+                text = await resp.text()
+                if resp.status == 200:
+                    value = (
+                        _field(text, signal.field) if signal.field else _metric(text, signal.metric)
+                    )
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            value = None
+        target.health.pressure = value
 
     async def _run(self) -> None:
         while True:
@@ -46,13 +99,8 @@ class HealthChecks:
             if config is None:  # off (a reload may turn it on)
                 await asyncio.sleep(5.0)
                 continue
-            targets = {
-                (t.model, t.name): t
-                for route in self._gateway.snapshot.catalog.values()
-                for t in route.targets
-            }
             await asyncio.gather(
-                *(self.check(t, config.path, config.timeout) for t in targets.values())
+                *(self.check(t, config.path, config.timeout) for t in self._targets())
             )
             await asyncio.sleep(config.interval)
 
@@ -75,3 +123,24 @@ class HealthChecks:
         HEALTH_CHECKS.labels(target.model, target.name, "ok" if ok else "failed").inc()
         target.health.checked(ok)
         return ok
+
+
+def _field(text: str, path: str) -> float | None:
+    """A number at a dotted path of a JSON document."""
+    value: Any = orjson.loads(text)
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _metric(text: str, name: str | None) -> float | None:
+    """The largest sample of a metric in Prometheus text (one per GPU or engine)."""
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+    return max(values) if values else None

@@ -18,8 +18,10 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-from quotagate.config.schema import BreakerConfig
+from quotagate.config.schema import AdaptiveConfig, BreakerConfig
 from quotagate.observability.metrics import BREAKER_STATE, BREAKER_TRANSITIONS
+from quotagate.routing.adaptive import Samples
+from quotagate.routing.admission import Gate
 
 log = logging.getLogger("quotagate.routing")
 
@@ -44,14 +46,17 @@ class DeploymentHealth:
         "consecutive",
         "cooling_until",
         "down",
+        "gate",
         "in_flight",
         "latency",
         "model",
         "name",
         "opened_at",
+        "pressure",
         "probes",
         "reason",
         "region",
+        "samples",
         "state",
     )
 
@@ -77,6 +82,9 @@ class DeploymentHealth:
         self._gauge.set(0)
         # Called with (model, name) when this instance opens the circuit (shared health).
         self._announce: Callable[[str, str], None] | None = None
+        self.gate = Gate(self)  # the concurrency limit and its admission queue
+        self.samples = Samples()  # for the adaptive limit (shaping.adaptive)
+        self.pressure: float | None = None  # the upstream's own health signal, last read
 
     def available(self, now: float) -> bool:
         """May a request be sent now (and if half open, is a probe slot free)?"""
@@ -93,6 +101,8 @@ class DeploymentHealth:
     def begin(self) -> bool:
         """A request is sent; True when it is a half-open probe."""
         self.in_flight += 1
+        if self.in_flight > self.samples.peak:
+            self.samples.peak = self.in_flight
         if self.state is HALF_OPEN:
             self.probes += 1
             return True
@@ -102,6 +112,8 @@ class DeploymentHealth:
         self.in_flight -= 1
         if probe:
             self.probes -= 1
+        if self.gate.queued:
+            self.gate.hand_off()
 
     def succeeded(self, latency: float) -> None:
         self.latency = (
@@ -213,6 +225,9 @@ class DeploymentHealth:
             "circuit": self.state,
             "reason": self.reason or None,
             "in_flight": self.in_flight,
+            "limit": self.gate.limit,
+            "queued": self.gate.queued,
+            "pressure": self.pressure,
             "latency_ms": round(self.latency * 1000, 1),
             "throttled": self.cooling_until > self._clock(),
             "health_check": "failed" if self.down else "ok",
@@ -227,6 +242,15 @@ class HealthRegistry:
         self.clock = clock
         self._states: dict[tuple[str, str], DeploymentHealth] = {}
         self.announce: Callable[[str, str], None] | None = None
+        self.adaptive: AdaptiveConfig | None = None
+
+    def limit_for(self, cap: int | None) -> float | None:
+        """A deployment's starting concurrency limit: its cap, or adaptive's initial."""
+        adaptive = self.adaptive
+        if adaptive is None:
+            return cap
+        ceiling = min(cap, adaptive.max) if cap is not None else adaptive.max
+        return float(max(adaptive.min, min(adaptive.initial, ceiling)))
 
     def get(self, model: str, name: str, region: str) -> DeploymentHealth:
         health = self._states.get((model, name))

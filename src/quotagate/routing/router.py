@@ -24,6 +24,7 @@ from quotagate.observability.metrics import FALLBACKS
 from quotagate.pipeline.context import RequestContext
 from quotagate.routing.catalog import ModelRoute, Target
 from quotagate.routing.health import OPEN, Clock
+from quotagate.routing.pressure import Pressure
 
 _BUDGET_WINDOW = 10.0  # seconds over which the retry budget counts requests and retries
 
@@ -69,6 +70,7 @@ class Router:
         self.configure(config)
         self._rng = rng or random.Random()
         self.budget = RetryBudget(config.retries.budget, config.retries.min_per_second)
+        self.pressure: Pressure | None = None  # limits that follow model health
 
     def configure(self, config: RoutingConfig) -> None:
         self.config = config
@@ -122,20 +124,39 @@ class Router:
         return self._rng.choices(usable, weights)[0]
 
     def serve(self, ctx: RequestContext, catalog: dict[str, ModelRoute]) -> Target:
-        """The deployment for ``ctx``'s model, else its fallbacks' (switching the
-        request to the fallback model); ``NoDeployment`` when none can take it."""
-        target = self.find(ctx, catalog)
-        if target is None:
-            route = catalog[ctx.model]
-            if unusable_reason(route, ()) == "overload":
-                raise NoDeployment(
-                    f"Every deployment of {ctx.model} is at capacity; retry shortly.",
-                    code="overloaded",
-                )
-            raise NoDeployment(f"No deployment of {ctx.model} can serve the request now.")
-        if target.model != ctx.model:
-            switch_model(ctx, target, unusable_reason(catalog[ctx.model], ()))
-        return target
+        """The deployment for ``ctx``'s model; when every one is full, the least full
+        of them to queue for (or, for a plan that degrades first, a fallback model's
+        deployment before that); when none is usable, a fallback model's (switching the
+        request to it); ``NoDeployment`` when nothing can take it."""
+        route = catalog[ctx.model]
+        region = self.region(ctx, route)
+        target = self.choose(route, region)
+        if target is not None:
+            return target
+        plan = ctx.plan
+        full = self.least_full(route, region)
+        if full is not None and (plan is None or plan.on_overload == "queue"):
+            return full  # wait for it (shape) rather than leave the model
+        why = unusable_reason(route, ())
+        for model in self.chain_of(ctx, catalog, route):
+            other = catalog[model]
+            fallback = self.choose(other, self.region(ctx, other))
+            if fallback is not None:
+                switch_model(ctx, fallback, why)
+                return fallback
+        if full is not None:
+            return full
+        raise NoDeployment(f"No deployment of {ctx.model} can serve the request now.")
+
+    def least_full(self, route: ModelRoute, region: str | None) -> Target | None:
+        """The healthy deployment nearest ``region`` with the most room (in flight and
+        waiting, per slot of its limit): where a request queues when all are full."""
+        now = time.monotonic()
+        for group in route.tiers(region, self.config.nearest):
+            healthy = [t for t in group if t.health.available(now)]
+            if healthy:
+                return min(healthy, key=_load)
+        return None
 
     def find(
         self, ctx: RequestContext, catalog: dict[str, ModelRoute], tried: Sequence[Target] = ()
@@ -161,6 +182,11 @@ class Router:
         if chain is None:
             chain = route.fallback
         return tuple(m for m in chain if plan is None or plan.allows(m))
+
+
+def _load(target: Target) -> float:
+    gate = target.health.gate
+    return (target.health.in_flight + gate.queued) / (gate.limit or 1.0)
 
 
 def unusable_reason(route: ModelRoute, tried: Sequence[Target]) -> str:

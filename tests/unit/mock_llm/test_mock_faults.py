@@ -68,3 +68,19 @@ def test_rates_are_reproducible_from_the_seed() -> None:
 
     assert run(1) == run(1)
     assert 30 < run(1).count(Fault.ERROR) < 90
+
+
+def test_the_load_model_slows_down_past_capacity_and_fails_past_twice_it() -> None:
+    from quotagate.mock_llm.faults import overloaded
+    from quotagate.mock_llm.pacing import Pacing
+
+    settings = MockSettings(ttft_ms=100, tokens_per_second=50, capacity=4)
+    calm = Pacing.of(settings, Directives(), in_flight=4)
+    assert (calm.first_s, calm.gap_s) == (0.1, 0.02)
+    busy = Pacing.of(settings, Directives(), in_flight=8)
+    assert (busy.first_s, busy.gap_s) == (0.2, 0.04)
+    rng = random.Random(1)
+    assert not any(overloaded(settings, 8, rng) for _ in range(200))
+    refused = sum(overloaded(settings, 16, rng) for _ in range(2000))
+    assert 800 < refused < 1200  # past 2x capacity: 1 - 8/16 of them
+    assert not overloaded(MockSettings(capacity=0), 1000, rng)

@@ -1,0 +1,70 @@
+"""Global protection, before the costly work.
+
+- ``admit_ip`` (``shaping.ip_guard``): a token bucket per client address (after
+  trusted proxies), in this process, decided before any key lookup, signature check,
+  body read or store call; a flood from one address costs a dict lookup per request.
+- ``in_flight_cap`` (``shaping.max_in_flight``): proxied requests in flight in this
+  process at most; beyond it, 503 at once. An emergency-bypass key is never refused.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from quotagate.errors import IpRefused, Shed
+from quotagate.observability.metrics import PREAUTH_REFUSED, SHED
+from quotagate.pipeline.context import RequestContext
+from quotagate.pipeline.stage import PolicySource
+
+_SWEEP_AT = 100_000  # addresses remembered before the idle ones are dropped
+
+
+class AdmitIp:
+    name = "admit_ip"
+
+    def __init__(self, policy: PolicySource) -> None:
+        self._policy = policy
+        self._tats: dict[str, float] = {}  # GCRA: each address's theoretical arrival time
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        guard = self._policy.snapshot.policy.shaping.ip_guard
+        if guard is None:
+            return
+        now = time.monotonic()
+        interval = guard.per / guard.requests
+        tolerance = interval * ((guard.burst or guard.requests) - 1)
+        tats = self._tats
+        tat = max(tats.get(ctx.client_ip, now), now)
+        if tat - now > tolerance:
+            PREAUTH_REFUSED.inc()
+            wait = tat - now - tolerance
+            raise IpRefused(
+                "Too many requests from your address; retry after the Retry-After header.",
+                headers=[(b"retry-after", str(max(1, math.ceil(wait))).encode())],
+            )
+        if len(tats) >= _SWEEP_AT:
+            self._tats = tats = {ip: t for ip, t in tats.items() if t > now}
+        tats[ctx.client_ip] = tat + interval
+
+
+class InFlightCap:
+    name = "in_flight_cap"
+
+    def __init__(self, policy: PolicySource) -> None:
+        self._policy = policy
+        self.in_flight = 0
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        cap = self._policy.snapshot.policy.shaping.max_in_flight
+        if cap is None:
+            return
+        if self.in_flight >= cap and not (ctx.principal is not None and ctx.principal.bypass):
+            SHED.labels("in_flight_cap").inc()
+            raise Shed("The gateway is at capacity; retry shortly.")
+        self.in_flight += 1
+        ctx.capped = True
+
+    async def finish(self, ctx: RequestContext) -> None:
+        if ctx.capped:
+            self.in_flight -= 1

@@ -1,0 +1,129 @@
+"""A deployment's concurrency gate and its admission queue.
+
+A deployment takes at most ``limit`` requests at once: its ``max_concurrency``, or the
+adaptive limit (``shaping.adaptive``) below it. A request that finds it full waits in
+the deployment's queue, grouped by priority. When a request ends its slot is handed
+straight to a waiter (no stampede), chosen weighted-fair between the priority levels
+waiting: a level with priority p gets slots in proportion to p + 1 (stride
+scheduling), so enterprise traffic goes first without starving the rest. A waiter
+leaves after its class's ``max_wait``; when the queue is at ``max_length`` a newcomer
+of a higher priority takes the place of the newest waiter of the lowest one, which is
+shed (503 with Retry-After), otherwise the newcomer is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from quotagate.errors import Shed
+from quotagate.observability.metrics import QUEUE_WAITING, SHED
+
+if TYPE_CHECKING:
+    from quotagate.routing.health import DeploymentHealth
+
+
+class Waiter:
+    __slots__ = ("future", "priority")
+
+    def __init__(self, priority: int, future: asyncio.Future[None]) -> None:
+        self.priority = priority
+        self.future = future
+
+
+class Gate:
+    def __init__(self, health: DeploymentHealth) -> None:
+        self.health = health
+        self.cap: int | None = 0  # the deployment's max_concurrency (0: not set yet)
+        self.limit: float | None = None  # what is enforced now (cap, or adaptive)
+        self.queued = 0
+        self._levels: dict[int, deque[Waiter]] = {}
+        self._pass: dict[int, float] = {}  # stride scheduling: each level's virtual time
+        self._now = 0.0
+        self._gauge = QUEUE_WAITING.labels(health.model, health.name)
+
+    def full(self) -> bool:
+        return self.limit is not None and self.health.in_flight >= self.limit
+
+    async def enter(self, priority: int, max_wait: float, max_length: int) -> bool:
+        """Take a slot, waiting for one if the deployment is full; returns whether the
+        request is a half-open probe. Raises ``Shed`` when it cannot wait."""
+        if not self.queued and not self.full():
+            return self.health.begin()
+        if self.queued >= max_length:
+            self._make_room(priority)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(priority, future)
+        level = self._levels.get(priority)
+        if level is None:
+            level = self._levels[priority] = deque()
+        if not level:  # a level that was idle starts one stride after the current time
+            start = max(self._pass.get(priority, 0.0), self._now)
+            self._pass[priority] = start + 1.0 / (priority + 1)
+        level.append(waiter)
+        self.queued += 1
+        self._gauge.inc()
+        try:
+            async with asyncio.timeout(max_wait):
+                await future
+        except TimeoutError:
+            self._forget(waiter)
+            SHED.labels("max_wait").inc()
+            raise Shed(
+                f"The model server for {self.health.model} is at capacity; waited "
+                f"{max_wait:g}s for a slot.",
+            ) from None
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.health.end(False)  # the slot was handed over as we were cancelled
+            else:
+                self._forget(waiter)
+            raise
+        return False  # a handed-over slot is already counted in in_flight
+
+    def hand_off(self) -> None:
+        """Slots are free: give them to waiters, weighted-fair by priority."""
+        while self.queued and not self.full():
+            waiter = self._pop()
+            if waiter.future.done():  # timed out or displaced: already forgotten
+                continue
+            self.health.in_flight += 1
+            waiter.future.set_result(None)
+
+    def _pop(self) -> Waiter:
+        passes = self._pass  # the lowest virtual time goes; on a tie, the higher priority
+        priority = min(
+            (p for p, level in self._levels.items() if level), key=lambda p: (passes[p], -p)
+        )
+        waiter = self._levels[priority].popleft()
+        self._now = self._pass[priority]
+        self._pass[priority] += 1.0 / (priority + 1)
+        self.queued -= 1
+        self._gauge.dec()
+        return waiter
+
+    def _make_room(self, priority: int) -> None:
+        """The queue is full: shed the newest waiter of the lowest priority below
+        ``priority``, or refuse the newcomer."""
+        lowest = min((p for p, level in self._levels.items() if level), default=None)
+        if lowest is None or lowest >= priority:
+            SHED.labels("queue_full").inc()
+            raise Shed(f"The model server for {self.health.model} is at capacity; retry shortly.")
+        victim = self._levels[lowest].pop()
+        self.queued -= 1
+        self._gauge.dec()
+        SHED.labels("displaced").inc()
+        victim.future.set_exception(
+            Shed(
+                f"The model server for {self.health.model} is at capacity and higher-priority "
+                "traffic took your place; retry shortly."
+            )
+        )
+
+    def _forget(self, waiter: Waiter) -> None:
+        level = self._levels.get(waiter.priority)
+        if level is not None and waiter in level:
+            level.remove(waiter)
+            self.queued -= 1
+            self._gauge.dec()
