@@ -486,10 +486,20 @@ class RoutingConfig(Frozen):
         return value.lower() if value else value
 
 
+class Reserve(Frozen):
+    """Slots of every deployment kept for plans of at least this priority: lower ones
+    queue once only the reserved slots are left (enterprise does not wait behind free
+    traffic for a slot to end)."""
+
+    slots: int = Field(default=1, ge=1)
+    priority: int = Field(default=10, ge=0, le=1000)
+
+
 class QueueConfig(Frozen):
     """Requests wait here when their deployment is at its concurrency limit."""
 
     max_length: int = Field(default=256, ge=0)  # waiting per deployment; 0: shed at once
+    reserve: Reserve | None = None
     # The longest wait per traffic class (x-quotagate-class), then 503 with Retry-After.
     max_wait: dict[Literal["interactive", "batch"], Duration] = {
         "interactive": 2.0,

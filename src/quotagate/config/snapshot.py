@@ -124,6 +124,7 @@ class Snapshot:
             health = HealthRegistry(policy.routing.breaker)
         health.config = policy.routing.breaker
         health.adaptive = policy.shaping.adaptive
+        health.reserve = policy.shaping.queue.reserve
         global_limits = compile_limits(policy.global_limits, prefix="global.")
         plans = {
             n: _compile_plan(n, p, global_limits, policy.models) for n, p in policy.plans.items()

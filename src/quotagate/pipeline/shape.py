@@ -35,7 +35,8 @@ class Shape:
         assert target is not None, "shape runs after route"
         health = target.health
         gate = health.gate
-        if not gate.queued and not gate.full():  # the common case: a slot is free
+        priority = priority_of(ctx)
+        if not gate.queued and not gate.full_for(priority):  # the common case: a free slot
             ctx.probe = health.begin()
             ctx.held = target
             return
@@ -47,7 +48,6 @@ class Shape:
         queue = self._policy.snapshot.policy.shaping.queue
         batch = ctx.traffic_class == "batch"
         max_wait = queue.max_wait.get("batch" if batch else "interactive", 2.0)
-        priority = priority_of(ctx)
         started = time.perf_counter()
         try:
             ctx.probe = await gate.enter(priority, max_wait, queue.max_length)

@@ -38,6 +38,9 @@ class Gate:
         self.cap: int | None = 0  # the deployment's max_concurrency (0: not set yet)
         self.limit: float | None = None  # what is enforced now (cap, or adaptive)
         self.queued = 0
+        # shaping.queue.reserve: slots only priorities >= reserved_for may take.
+        self.reserved = 0
+        self.reserved_for = 0
         self._levels: dict[int, deque[Waiter]] = {}
         self._pass: dict[int, float] = {}  # stride scheduling: each level's virtual time
         self._now = 0.0
@@ -46,10 +49,17 @@ class Gate:
     def full(self) -> bool:
         return self.limit is not None and self.health.in_flight >= self.limit
 
+    def full_for(self, priority: int) -> bool:
+        """Full for a request of ``priority`` (the reserved slots are not its)."""
+        if self.limit is None:
+            return False
+        kept = self.reserved if priority < self.reserved_for else 0
+        return self.health.in_flight >= self.limit - kept
+
     async def enter(self, priority: int, max_wait: float, max_length: int) -> bool:
         """Take a slot, waiting for one if the deployment is full; returns whether the
         request is a half-open probe. Raises ``Shed`` when it cannot wait."""
-        if not self.queued and not self.full():
+        if not self.queued and not self.full_for(priority):
             return self.health.begin()
         if self.queued >= max_length:
             self._make_room(priority)
@@ -64,6 +74,7 @@ class Gate:
         level.append(waiter)
         self.queued += 1
         self._gauge.inc()
+        self.hand_off()  # a reserved slot may be free for this priority
         try:
             async with asyncio.timeout(max_wait):
                 await future
@@ -85,17 +96,24 @@ class Gate:
     def hand_off(self) -> None:
         """Slots are free: give them to waiters, weighted-fair by priority."""
         while self.queued and not self.full():
-            waiter = self._pop()
+            waiter = self._pop(reserved_only=self.full_for(-1))
+            if waiter is None:  # only reserved slots are free, and nobody waits for one
+                return
             if waiter.future.done():  # timed out or displaced: already forgotten
                 continue
             self.health.in_flight += 1
             waiter.future.set_result(None)
 
-    def _pop(self) -> Waiter:
+    def _pop(self, reserved_only: bool = False) -> Waiter | None:
         passes = self._pass  # the lowest virtual time goes; on a tie, the higher priority
+        floor = self.reserved_for if reserved_only else -1
         priority = min(
-            (p for p, level in self._levels.items() if level), key=lambda p: (passes[p], -p)
+            (p for p, level in self._levels.items() if level and p >= floor),
+            key=lambda p: (passes[p], -p),
+            default=None,
         )
+        if priority is None:
+            return None
         waiter = self._levels[priority].popleft()
         self._now = self._pass[priority]
         self._pass[priority] += 1.0 / (priority + 1)

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-from quotagate.config.schema import AdaptiveConfig, BreakerConfig
+from quotagate.config.schema import AdaptiveConfig, BreakerConfig, Reserve
 from quotagate.observability.metrics import BREAKER_STATE, BREAKER_TRANSITIONS
 from quotagate.routing.adaptive import Samples
 from quotagate.routing.admission import Gate
@@ -243,6 +243,7 @@ class HealthRegistry:
         self._states: dict[tuple[str, str], DeploymentHealth] = {}
         self.announce: Callable[[str, str], None] | None = None
         self.adaptive: AdaptiveConfig | None = None
+        self.reserve: Reserve | None = None  # shaping.queue.reserve
 
     def limit_for(self, cap: int | None) -> float | None:
         """A deployment's starting concurrency limit: its cap, or adaptive's initial."""
@@ -258,6 +259,9 @@ class HealthRegistry:
             health = DeploymentHealth(model, name, region, self.config, self.clock)
             self._states[(model, name)] = health
         health.config, health.region = self.config, region
+        reserve = self.reserve
+        health.gate.reserved = reserve.slots if reserve is not None else 0
+        health.gate.reserved_for = reserve.priority if reserve is not None else 0
         health._announce = self._announcer
         return health
 

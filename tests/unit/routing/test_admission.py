@@ -86,3 +86,21 @@ async def test_a_cancelled_waiter_gives_its_slot_back() -> None:
     assert health.gate.queued == 0
     health.end(False)
     assert health.in_flight == 0
+
+
+async def test_reserved_slots_are_kept_for_the_high_priority() -> None:
+    health = deployment(2)
+    gate = health.gate
+    gate.reserved, gate.reserved_for = 1, 10
+    await gate.enter(0, 10, 10)  # the one slot that is not reserved
+    low = asyncio.create_task(gate.enter(0, 10, 10))
+    await asyncio.sleep(0)
+    assert gate.queued == 1 and health.in_flight == 1  # the last slot is kept
+    await gate.enter(10, 10, 10)  # enterprise: at once, although free traffic waits
+    assert health.in_flight == 2 and not low.done()
+    health.end(False)  # the free request ends: one slot free, which is the reserved one
+    await asyncio.sleep(0)
+    assert not low.done()
+    health.end(False)  # enterprise ends too
+    await low
+    assert health.in_flight == 1
