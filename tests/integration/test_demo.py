@@ -52,7 +52,8 @@ def test_demo_plays_the_seed_scenarios_and_stops_everything(tmp_path: Path) -> N
     assert "free.tenant-tokens-day-gpt-3.5-turbo" in out  # the 402's code names the quota
     assert "threshold=80%" in out  # the pro tenant's warning header
     assert "us-east-1" in out and "gpt-4 -> gpt-3.5-turbo; reason=" in out  # the outage
-    assert "All 7 scenarios behaved as expected" in out
+    assert "during the spike" in out  # the traffic spike's table
+    assert "All 8 scenarios behaved as expected" in out
     assert [port for port in announced_ports(out) if listening(port)] == []
     assert not (tmp_path / "data").exists()  # its data dir was a temporary one
 

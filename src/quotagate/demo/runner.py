@@ -70,7 +70,10 @@ def _play_all(console: Console, stack: Stack, scenarios: Sequence[Scenario]) -> 
     console.print(f"data dir: {stack.data_dir}  (temporary, removed at exit)", highlight=False)
     operator = Operator(stack.env, console)
     regions = {r: f"http://127.0.0.1:{port}" for r, port in stack.region_ports.items()}
-    stage = Stage(console, stack.gateway_url, provision(operator), operator, regions=regions)
+    stage = Stage(
+        console, stack.gateway_url, provision(operator), operator, regions=regions,
+        mock=stack.mock_url,
+    )  # fmt: skip
     console.print(accounts_table(stage.accounts))
     outcomes = [_play_one(stage, number, s) for number, s in enumerate(scenarios, start=1)]
     return _summarise(console, stack, outcomes)

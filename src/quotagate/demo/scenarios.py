@@ -14,6 +14,7 @@ from rich.text import Text
 
 from .budgets import PRO_QUOTA, free_tenant_runs_out, pro_tenant_is_warned
 from .outage import region_outage
+from .spike import traffic_spike
 from .stage import (
     Reply,
     Scenario,
@@ -153,6 +154,15 @@ SCENARIOS: list[Scenario] = [
         "every response carries x-quotagate-quota-warning (and an alert webhook fires once, "
         "when one is configured).",
         pro_tenant_is_warned,
+    ),
+    Scenario(
+        "Enterprise first during a traffic spike",
+        "The mock LLM is made small: 4 requests at once, 100 ms each. Four pro keys send "
+        "100 requests a second while an enterprise key sends 5: requests beyond the "
+        "deployment's 8 slots queue by plan priority (one slot kept for enterprise); pro "
+        "requests that wait over a second are shed with 503, every enterprise request is "
+        "served.",
+        traffic_spike,
     ),
     Scenario(
         "A region goes down, then the other",

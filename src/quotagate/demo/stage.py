@@ -29,6 +29,7 @@ class Stage:
     operator: Operator
     failures: list[str] = field(default_factory=list)
     regions: dict[str, str] = field(default_factory=dict)  # gpt-4's mock per region
+    mock: str = ""  # the main mock LLM (gpt-3.5-turbo)
 
     def client(self, account: Account | str) -> openai.OpenAI:
         """An SDK client on ``account`` (or the plan's demo account); no SDK retries,
