@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from e2e_clients import KeyIssuer
 
 from harness import Gateway, Process, policy, start_mock
@@ -33,13 +34,19 @@ class Setup:
         self.mock.stop()
 
 
-def start(tmp: Path, deployment: dict[str, Any], shaping: dict[str, Any], **mock: float) -> Setup:
+def start(
+    tmp: Path,
+    deployment: dict[str, Any],
+    shaping: dict[str, Any],
+    free_limits: list[dict[str, Any]] | None = None,
+    **mock: float,
+) -> Setup:
     upstream = start_mock(tmp)
     if mock:
         faults(upstream, **mock)
     doc = policy(upstream.base_url + "/v1")
     doc["models"][MODEL]["deployments"][0].update({"name": "gpu-1", **deployment})
-    doc["plans"]["free"]["limits"] = []
+    doc["plans"]["free"]["limits"] = free_limits or []
     doc["plans"]["free"]["priority"] = 0
     doc["plans"]["enterprise"]["limits"] = []
     doc["plans"]["enterprise"]["priority"] = 10
@@ -239,5 +246,39 @@ def test_the_gateway_wide_in_flight_cap_sheds_at_once(tmp_path: Path) -> None:
         assert statuses == [200, 200, 503, 503], statuses
         fast = [t for t, r in results if r.status_code == 503]
         assert max(fast) < 0.4  # refused at once, not after waiting
+    finally:
+        setup.stop()
+
+
+def test_batch_traffic_has_limits_of_its_own(tmp_path: Path) -> None:
+    batch_only = [{"scope": "key", "requests": 2, "per": "1m", "classes": ["batch"]}]
+    setup = start(tmp_path, {}, {}, free_limits=batch_only)
+    try:
+        gw, free = setup.gateway, setup.keys.issue("free").key
+        batch = [chat(gw, free, **{"x-quotagate-class": "batch"}).status_code for _ in range(3)]
+        assert batch == [200, 200, 429]
+        assert [chat(gw, free).status_code for _ in range(3)] == [200, 200, 200]
+    finally:
+        setup.stop()
+
+
+def test_a_degrade_plan_takes_a_fallback_model_instead_of_waiting(tmp_path: Path) -> None:
+    setup = start(tmp_path, {"max_concurrency": 1}, {}, ttft_ms=600)
+    try:
+        gw = setup.gateway
+        gw.stop()
+        gw.doc["plans"]["free"].update(
+            {"models": ["*"], "on_overload": "degrade", "fallbacks": {MODEL: ["gpt-4"]}}
+        )
+        gw.config.write_text(yaml.safe_dump(gw.doc))
+        gw.start()
+        free = setup.keys.issue("free").key
+        results = in_parallel([lambda: chat(gw, free) for _ in range(2)], stagger=0.1)
+        first, second = (r for _, r in results)
+        assert first.status_code == second.status_code == 200
+        assert first.headers["x-quotagate-model"] == MODEL
+        assert second.headers["x-quotagate-model"] == "gpt-4"  # did not wait for the slot
+        assert second.headers["x-quotagate-fallback"] == f"{MODEL} -> gpt-4; reason=overload"
+        assert results[1][0] < 1.0  # beside the first (~0.7s), not after it (~1.2s)
     finally:
         setup.stop()

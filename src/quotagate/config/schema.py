@@ -306,6 +306,9 @@ class LimitRule(Frozen):
     # A concurrency lease of a gateway that died frees itself after this long; keep it
     # above the longest request (the deployments' total timeout).
     lease_ttl: Duration = 600.0
+    # Only for these traffic classes (x-quotagate-class), on counters of their own;
+    # empty: every request.
+    classes: list[Literal["interactive", "batch"]] = []
 
     _scopes = field_validator("scope")(_check_scopes)
 
@@ -653,6 +656,9 @@ class Policy(Frozen):
         aliases = [a for m in self.models.values() for a in m.aliases]
         if len(set(aliases)) != len(aliases):
             raise ValueError("models: one alias names two models")
+        for i, rule in enumerate(self.global_limits):
+            if rule.classes:
+                raise ValueError(f"global_limits[{i}].classes: only plan limits take classes")
         pressure = self.shaping.pressure
         for plan_name in pressure.scale if pressure is not None else ():
             if plan_name not in self.plans:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from quotagate.budget.estimate import Estimator, estimator_of
 from quotagate.config.schema import Plan, Policy
 from quotagate.limits.headers import policy_header
-from quotagate.limits.policy import CompiledLimit, compile_limits
+from quotagate.limits.policy import CompiledLimit, compile_limit, compile_limits
 from quotagate.limits.quotas import compile_quota
 from quotagate.routing.catalog import ModelRoute, build_catalog
 from quotagate.routing.health import HealthRegistry
@@ -64,17 +64,24 @@ class CompiledPlan:
     cache: str  # always | degrade | off
     priority: int
     on_overload: str  # queue | degrade
+    # The same for batch traffic (x-quotagate-class: batch), when some limit is only
+    # for one class; else the very same objects.
+    batch_by_model: dict[str, LimitSet]
+    batch_default: LimitSet
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
 
-    def limits_for(self, model: str) -> LimitSet:
+    def limits_for(self, model: str, batch: bool = False) -> LimitSet:
+        if batch:
+            return self.batch_by_model.get(model, self.batch_default)
         return self.by_model.get(model, self.default)
 
     @property
     def all_limits(self) -> tuple[CompiledLimit, ...]:
+        sets = (self.default, *self.by_model.values(), self.batch_default)
         seen = {
-            limit.name: limit for s in (self.default, *self.by_model.values()) for limit in s.limits
+            limit.name: limit for s in (*sets, *self.batch_by_model.values()) for limit in s.limits
         }
         return tuple(seen.values())
 
@@ -82,14 +89,35 @@ class CompiledPlan:
 def _compile_plan(
     name: str, plan: Plan, global_limits: tuple[CompiledLimit, ...], models: Iterable[str]
 ) -> CompiledPlan:
-    rates = global_limits + compile_limits(plan.limits, prefix=f"{name}.")
+    # A limit for some traffic classes only counts on counters of its own (the classes
+    # are in its name), and applies to requests of those classes.
+    compiled = [
+        compile_limit(
+            rule, f"{name}." + (f"{'+'.join(sorted(rule.classes))}." if rule.classes else "")
+        )
+        for rule in plan.limits
+    ]
+
+    def rates_of(traffic_class: str) -> tuple[CompiledLimit, ...]:
+        return global_limits + tuple(
+            limit for limit, rule in zip(compiled, plan.limits, strict=True)
+            if not rule.classes or traffic_class in rule.classes
+        )  # fmt: skip
+
     quotas = [compile_quota(q, f"{name}.") for q in plan.quotas]
     if plan.budget is not None:
         quotas.append(compile_quota(plan.budget.as_quota(), f"{name}.", budget=True))
-    by_model = {
-        model: LimitSet.of(rates, (q for q in quotas if q.model in (None, model)))
-        for model in models
-    }
+
+    def sets(rates: tuple[CompiledLimit, ...]) -> tuple[dict[str, LimitSet], LimitSet]:
+        by_model = {
+            model: LimitSet.of(rates, (q for q in quotas if q.model in (None, model)))
+            for model in models
+        }
+        return by_model, LimitSet.of(rates, (q for q in quotas if q.model is None))
+
+    interactive, batch = rates_of("interactive"), rates_of("batch")
+    by_model, default = sets(interactive)
+    batch_sets = (by_model, default) if batch == interactive else sets(batch)
     return CompiledPlan(
         name,
         None if "*" in plan.models else frozenset(plan.models),
@@ -99,11 +127,13 @@ def _compile_plan(
         plan.clamp_min_tokens,
         plan.budget.currency if plan.budget else "USD",
         by_model,
-        LimitSet.of(rates, (q for q in quotas if q.model is None)),
+        default,
         {model: tuple(chain) for model, chain in plan.fallbacks.items()},
         plan.cache,
         plan.priority,
         plan.on_overload,
+        batch_sets[0],
+        batch_sets[1],
     )
 
 

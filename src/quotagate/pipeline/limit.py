@@ -75,7 +75,7 @@ class Limit:
         # A refusal after a degrade action must not claim it: what to restore.
         mark, origin = len(ctx.response_headers), (ctx.model, ctx.target, ctx.price)
         for _ in range(_MAX_DECISIONS):
-            limits = plan.limits_for(ctx.model)
+            limits = plan.limits_for(ctx.model, ctx.traffic_class == "batch")
             if not limits.limits:
                 return
             checks, admission = await self._admit(ctx, plan, limits)

@@ -238,3 +238,30 @@ def test_the_latency_strategy_prefers_the_faster_deployment() -> None:
     slow.health.succeeded(0.4)  # 4x slower: a quarter of the weight
     picks = Counter(router.choose(route, None).name for _ in range(2000))  # type: ignore[union-attr]
     assert 3.2 < picks["a"] / picks["b"] < 4.8, picks
+
+
+CLASSES = """
+models:
+  gpt-4:
+    deployments: [{url: "http://127.0.0.1:9001/v1"}]
+plans:
+  free:
+    models: ["*"]
+    limits:
+      - {scope: key, requests: 100, per: 1m}
+      - {scope: key, requests: 10, per: 1m, classes: [batch]}
+  plain:
+    models: ["*"]
+    limits: [{scope: key, requests: 100, per: 1m}]
+"""
+
+
+def test_a_class_limit_applies_to_its_class_only_on_counters_of_its_own() -> None:
+    snapshot = Snapshot.compile(parse_policy(CLASSES, env={}))
+    free = snapshot.plans["free"]
+    interactive = [limit.name for limit in free.limits_for("gpt-4").limits]
+    batch = [limit.name for limit in free.limits_for("gpt-4", batch=True).limits]
+    assert interactive == ["free.key-requests-1m"]
+    assert batch == ["free.key-requests-1m", "free.batch.key-requests-1m"]
+    plain = snapshot.plans["plain"]
+    assert plain.limits_for("gpt-4", batch=True) is plain.limits_for("gpt-4")
