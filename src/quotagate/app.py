@@ -206,6 +206,9 @@ class Gateway:
         for part in ("server", "store", "database", "routes"):
             if getattr(old, part) != getattr(policy, part):
                 log.warning("policy reload: changes to %r take effect on restart", part)
+        for guard in ("ip_guard", "max_in_flight"):
+            if (getattr(old.shaping, guard) is None) != (getattr(policy.shaping, guard) is None):
+                log.warning("policy reload: turning shaping.%s on or off takes a restart", guard)
         if (old.auth.jwt, old.auth.oauth_issuer) != (policy.auth.jwt, policy.auth.oauth_issuer):
             log.warning("policy reload: changes to JWT issuers take effect on restart")
         self.snapshot = Snapshot.compile(policy, self.health)
@@ -270,10 +273,15 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     idempotency = Idempotency(gw.engine, gw)
     cache = ResponseCache(gw, gw.engine)
     cap = InFlightCap(gw)
+    # The guards are stages only when configured (a change takes effect on restart):
+    # off, they cost nothing per request.
+    shaping = gw.snapshot.policy.shaping
+    guard: list[Stage] = [AdmitIp(gw)] if shaping.ip_guard is not None else []
+    capped: list[Stage] = [cap] if shaping.max_in_flight is not None else []
     stages: list[Stage] = gw.observer.wrap([
-        AdmitIp(gw),
+        *guard,
         authenticate,
-        cap,
+        *capped,
         Parse(gw),
         idempotency,
         Authorize(gw),
@@ -285,7 +293,8 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     ])  # fmt: skip
     proxy = Pipeline(
         stages, settle=gw.engine, ledger=gw.ledger,
-        finish=[cap.finish, idempotency.finish, cache.finish], observer=gw.observer,
+        finish=[*([cap.finish] if capped else []), idempotency.finish, cache.finish],
+        observer=gw.observer,
     )  # fmt: skip
     proxied = {
         "/v1/chat/completions": ("chat.completions", "/chat/completions", True),
