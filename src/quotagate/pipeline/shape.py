@@ -50,7 +50,7 @@ class Shape:
         max_wait = queue.max_wait.get("batch" if batch else "interactive", 2.0)
         started = time.perf_counter()
         try:
-            ctx.probe = await gate.enter(priority, max_wait, queue.max_length)
+            ctx.probe = await gate.enter(priority, max_wait, queue.max_length, batch)
         except Shed:
             if cache is not None and await cache.degrade(ctx):
                 raise Answered from None

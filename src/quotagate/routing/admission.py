@@ -25,11 +25,44 @@ if TYPE_CHECKING:
 
 
 class Waiter:
-    __slots__ = ("future", "priority")
+    __slots__ = ("batch", "future", "priority")
 
-    def __init__(self, priority: int, future: asyncio.Future[None]) -> None:
+    def __init__(self, priority: int, future: asyncio.Future[None], batch: bool) -> None:
         self.priority = priority
         self.future = future
+        self.batch = batch
+
+
+class Level:
+    """The waiters of one priority: interactive ones are served before batch ones (a
+    customer's batch burst does not hold up its own interactive traffic), and batch
+    ones are shed first."""
+
+    __slots__ = ("batch", "interactive")
+
+    def __init__(self) -> None:
+        self.interactive: deque[Waiter] = deque()
+        self.batch: deque[Waiter] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self.interactive or self.batch)
+
+    def append(self, waiter: Waiter) -> None:
+        (self.batch if waiter.batch else self.interactive).append(waiter)
+
+    def popleft(self) -> Waiter:
+        return self.interactive.popleft() if self.interactive else self.batch.popleft()
+
+    def pop(self) -> Waiter:
+        """The one to shed: the newest batch waiter, else the newest interactive one."""
+        return self.batch.pop() if self.batch else self.interactive.pop()
+
+    def remove(self, waiter: Waiter) -> bool:
+        queue = self.batch if waiter.batch else self.interactive
+        if waiter in queue:
+            queue.remove(waiter)
+            return True
+        return False
 
 
 class Gate:
@@ -41,7 +74,7 @@ class Gate:
         # shaping.queue.reserve: slots only priorities >= reserved_for may take.
         self.reserved = 0
         self.reserved_for = 0
-        self._levels: dict[int, deque[Waiter]] = {}
+        self._levels: dict[int, Level] = {}
         self._pass: dict[int, float] = {}  # stride scheduling: each level's virtual time
         self._now = 0.0
         self._gauge = QUEUE_WAITING.labels(health.model, health.name)
@@ -56,7 +89,9 @@ class Gate:
         kept = self.reserved if priority < self.reserved_for else 0
         return self.health.in_flight >= self.limit - kept
 
-    async def enter(self, priority: int, max_wait: float, max_length: int) -> bool:
+    async def enter(
+        self, priority: int, max_wait: float, max_length: int, batch: bool = False
+    ) -> bool:
         """Take a slot, waiting for one if the deployment is full; returns whether the
         request is a half-open probe. Raises ``Shed`` when it cannot wait."""
         if not self.queued and not self.full_for(priority):
@@ -64,10 +99,10 @@ class Gate:
         if self.queued >= max_length:
             self._make_room(priority)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(priority, future)
+        waiter = Waiter(priority, future, batch)
         level = self._levels.get(priority)
         if level is None:
-            level = self._levels[priority] = deque()
+            level = self._levels[priority] = Level()
         if not level:  # a level that was idle starts one stride after the current time
             start = max(self._pass.get(priority, 0.0), self._now)
             self._pass[priority] = start + 1.0 / (priority + 1)
@@ -141,7 +176,6 @@ class Gate:
 
     def _forget(self, waiter: Waiter) -> None:
         level = self._levels.get(waiter.priority)
-        if level is not None and waiter in level:
-            level.remove(waiter)
+        if level is not None and level.remove(waiter):
             self.queued -= 1
             self._gauge.dec()

@@ -104,3 +104,24 @@ async def test_reserved_slots_are_kept_for_the_high_priority() -> None:
     health.end(False)  # enterprise ends too
     await low
     assert health.in_flight == 1
+
+
+async def test_interactive_waiters_go_before_batch_ones_of_the_same_priority() -> None:
+    health = deployment(1)
+    gate = health.gate
+    await gate.enter(0, 10, 10)
+    order: list[str] = []
+
+    async def wait(name: str, batch: bool) -> None:
+        await gate.enter(0, 10, 10, batch)
+        order.append(name)
+
+    tasks = [asyncio.create_task(wait(f"batch-{i}", True)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(wait("interactive", False)))
+    await asyncio.sleep(0)
+    for _ in range(4):
+        health.end(False)
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["interactive", "batch-0", "batch-1", "batch-2"]
