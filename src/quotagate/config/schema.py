@@ -525,6 +525,12 @@ class AdaptiveConfig(Frozen):
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     backoff: float = Field(default=0.75, gt=0, lt=1)
 
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveConfig:
+        if not self.min <= self.initial <= self.max:
+            raise ValueError("adaptive needs min <= initial <= max")
+        return self
+
 
 class IpGuard(Frozen):
     """Per client address, in this process, before any key lookup or signature check."""

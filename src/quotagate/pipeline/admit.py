@@ -26,6 +26,7 @@ class AdmitIp:
     def __init__(self, policy: PolicySource) -> None:
         self._policy = policy
         self._tats: dict[str, float] = {}  # GCRA: each address's theoretical arrival time
+        self._sweep_at = _SWEEP_AT
 
     async def __call__(self, ctx: RequestContext) -> None:
         guard = self._policy.snapshot.policy.shaping.ip_guard
@@ -43,8 +44,9 @@ class AdmitIp:
                 "Too many requests from your address; retry after the Retry-After header.",
                 headers=[(b"retry-after", str(max(1, math.ceil(wait))).encode())],
             )
-        if len(tats) >= _SWEEP_AT:
+        if len(tats) >= self._sweep_at:  # drop idle addresses, at most once per doubling
             self._tats = tats = {ip: t for ip, t in tats.items() if t > now}
+            self._sweep_at = max(_SWEEP_AT, 2 * len(tats))
         tats[ctx.client_ip] = tat + interval
 
 

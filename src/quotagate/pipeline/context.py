@@ -64,6 +64,7 @@ class RequestContext:
         "tracestate",
         "traffic_class",
         "ttfb",
+        "unroutable",
         "upstream_ended",
         "upstream_started",
         "usage",
@@ -97,11 +98,13 @@ class RequestContext:
         self.max_tokens: int | None = None
         self.target: Target | None = None
         # The deployment whose slot shape took for this request (forward uses it), and
-        # whether that slot is a half-open circuit's probe.
+        # its probe ticket when that slot is a half-open circuit's probe (else 0).
         self.held: Target | None = None
-        self.probe = False
+        self.probe = 0
         self.capped = False  # counted by the gateway-wide in-flight cap
         self.traffic_class = ""  # x-quotagate-class: interactive (default) or batch
+        # No deployment could take it, but a kept answer might (after the limits).
+        self.unroutable: Exception | None = None
         self.leases: list[LeaseCheck] = []
         # Metering: what was reserved (tokens, money), on which counters (each in
         # "tokens" or "micros"), the record a reaper takes if this gateway dies, and what

@@ -98,8 +98,16 @@ class Forward:
             health = target.health
             if ctx.held is target:  # shape took this deployment's slot
                 probe, ctx.held = ctx.probe, None
+                if not probe and not health.sendable(time.monotonic()):
+                    # Its circuit opened (or a check or a 429 took it out) while this
+                    # request waited in its queue: give the slot back, go elsewhere.
+                    health.end(probe)
+                    target = await self._spill(ctx, target, tried)
+                    health = target.health
+                    probe = health.begin()
             else:
-                if target.saturated:  # others took its last slot since it was chosen
+                if target.saturated or not health.available(time.monotonic()):
+                    # others took its last slot, or its circuit changed, since it was chosen
                     target = await self._spill(ctx, target, tried)
                     health = target.health
                 probe = health.begin()
@@ -110,20 +118,21 @@ class Forward:
                 if failure is None:
                     assert resp is not None
                     try:
-                        await self._answer(ctx, resp, target)
+                        await self._answer(ctx, resp, target, probe)
                         return
                     except UpstreamError as exc:  # the body broke off
                         if ctx.response_started:
                             raise
                         failure = exc  # nothing has reached the client: retryable
                 tried.append(target)
-                wait = _retry_after(resp) if resp is not None else None
+                # Only an upstream 429's retry-after is waited for (on the only deployment).
+                wait = _retry_after(resp) if resp is not None and resp.status == 429 else None
                 nxt = self._next(ctx, tried, deadline, failure, wait)
                 if nxt is None:
                     if self._cache is not None and await self._cache.degrade(ctx):
                         return
                     if resp is not None and resp.status == 429:  # the upstream's own limit
-                        await self._answer(ctx, resp, target)
+                        await self._answer(ctx, resp, target, probe)
                         return
                     raise failure
             finally:
@@ -133,6 +142,7 @@ class Forward:
                 health.end(probe)
             if nxt is target:  # the only deployment asked to wait: wait, then ask again
                 await asyncio.sleep(wait or 0.0)
+                nxt.health.cooling_until = 0.0  # its retry-after has been waited out
             elif nxt.model != ctx.model:
                 switch_model(ctx, nxt, "outage")
             target = ctx.target = nxt
@@ -145,16 +155,19 @@ class Forward:
             )
 
     async def _spill(self, ctx: RequestContext, target: Target, tried: list[Target]) -> Target:
-        """``target`` is at its ``max_concurrency``: another deployment (or fallback
-        model) that is not; else the cache's answer, or 503 overloaded."""
+        """``target`` cannot take the request now (full, or its circuit is open): a
+        usable deployment of the model or a fallback model; else the cache's answer, or
+        503 (overloaded when it was only full)."""
         other = self._router.find(ctx, self._policy.snapshot.catalog, [*tried, target])
         if other is None:
             if self._cache is not None and await self._cache.degrade(ctx):
                 raise Answered
-            raise NoDeployment(
-                f"Every deployment of {ctx.model} is at capacity; retry shortly.",
-                code="overloaded",
-            )
+            if target.saturated:
+                raise NoDeployment(
+                    f"Every deployment of {ctx.model} is at capacity; retry shortly.",
+                    code="overloaded",
+                )
+            raise NoDeployment(f"No deployment of {ctx.model} can serve the request now.")
         if other.model != ctx.model:
             switch_model(ctx, other, "overload")
         ctx.target, ctx.price = other, other.prices
@@ -238,7 +251,7 @@ class Forward:
         return nxt
 
     async def _answer(
-        self, ctx: RequestContext, resp: aiohttp.ClientResponse, target: Target
+        self, ctx: RequestContext, resp: aiohttp.ClientResponse, target: Target, probe: int
     ) -> None:
         """Relay the answer; the deployment's health learns how it went."""
         mark = len(ctx.response_headers)
@@ -256,9 +269,9 @@ class Forward:
         if ctx.decision in ("upstream_error", "upstream_timeout"):  # a stream broke in-band
             health.failed(ctx.decision)
             health.samples.failure()
-        elif resp.status < 500:
+        elif resp.status < 500 and resp.status != 429:  # a relayed 429 was counted in _send
             first = ctx.first_token or ctx.upstream_ended
-            health.succeeded(first - ctx.upstream_started)
+            health.succeeded(first - ctx.upstream_started, probe)
             # Adaptive concurrency's signals: time to first token (streams), and per
             # output token after it (for a JSON answer, the whole call per token).
             tokens = ctx.usage.completion if ctx.usage is not None else 0

@@ -113,8 +113,6 @@ class Limit:
         unique = new_id()  # lease / log entry id: never the client's request id
         values = scope_values(ctx)
         scale = self._scale(plan)
-        if scale != 1.0 and limits.rates:
-            ctx.response_headers.append((b"x-quotagate-limit-factor", f"{scale:g}".encode()))
         checks = [_check(limit, values, unique, ctx, p, scale) for limit in limits.limits]
         if limits.metered:
             ttl = self._policy.snapshot.policy.accounting.reservation_ttl
@@ -249,6 +247,8 @@ def _rate_headers(
     ctx.response_headers.extend(
         rate_limit_headers(rates, admission.outcomes, admission.denied, limits.policy_header, scale)
     )
+    if scale != 1.0:  # model pressure scaled them (shaping.pressure)
+        ctx.response_headers.append((b"x-quotagate-limit-factor", f"{scale:g}".encode()))
 
 
 def _undo_degrade(

@@ -1,12 +1,13 @@
 """``route``: model → the deployment that will serve this request (see
 ``quotagate.routing.router``); when neither the model nor its fallbacks can take it,
-a cached answer for plans that degrade to the cache, else 503."""
+503 — unless the plan keeps cached answers and the request is deterministic: then the
+limits still decide it, and the cache stage answers it from the cache or with the 503."""
 
 from __future__ import annotations
 
 from quotagate.errors import NoDeployment
 from quotagate.pipeline.context import RequestContext
-from quotagate.pipeline.stage import Answered, PolicySource
+from quotagate.pipeline.stage import PolicySource
 from quotagate.routing.cache import ResponseCache
 from quotagate.routing.router import Router
 
@@ -22,12 +23,14 @@ class Route:
         self._cache = cache
 
     async def __call__(self, ctx: RequestContext) -> None:
+        catalog = self._policy.snapshot.catalog
         try:
-            target = self._router.serve(ctx, self._policy.snapshot.catalog)
-        except NoDeployment:
-            if self._cache is not None and await self._cache.degrade(ctx):
-                raise Answered from None
-            raise
+            target = self._router.serve(ctx, catalog)
+        except NoDeployment as exc:
+            if self._cache is None or not self._cache.could_serve(ctx):
+                raise
+            ctx.unroutable = exc
+            target = catalog[ctx.model].targets[0]  # for the limits; never sent to
         ctx.target = target
         ctx.price = target.prices
         self._router.budget.request()

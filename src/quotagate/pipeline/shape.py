@@ -13,6 +13,7 @@ from quotagate.observability.metrics import QUEUE_WAIT_SECONDS
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.stage import Answered, PolicySource
 from quotagate.routing.cache import ResponseCache
+from quotagate.routing.health import CLOSED
 
 BYPASS_PRIORITY = 1000  # an emergency-bypass key goes before every plan
 
@@ -36,6 +37,8 @@ class Shape:
         health = target.health
         gate = health.gate
         priority = priority_of(ctx)
+        if health.state is not CLOSED:
+            return  # half open (or opened since routing): forward takes a probe or goes on
         if not gate.queued and not gate.full_for(priority):  # the common case: a free slot
             ctx.probe = health.begin()
             ctx.held = target

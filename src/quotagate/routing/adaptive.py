@@ -76,9 +76,10 @@ def adjust(health: DeploymentHealth, config: AdaptiveConfig, signal_max: float |
     if why is not None:
         new = max(float(config.min), current * config.backoff)
     elif samples.peak >= current or gate.queued:
-        new = min(ceiling, current + 1.0)
+        new = current + 1.0
     else:
-        new = min(current, ceiling)
+        new = current
+    new = min(new, ceiling)  # max_concurrency is a hard cap, above the adaptive min
     samples.reset(health.in_flight)
     if new == current:
         return

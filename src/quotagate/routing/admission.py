@@ -69,6 +69,7 @@ class Gate:
     def __init__(self, health: DeploymentHealth) -> None:
         self.health = health
         self.cap: int | None = 0  # the deployment's max_concurrency (0: not set yet)
+        self.adaptive: object = None  # the shaping.adaptive the limit was set under
         self.limit: float | None = None  # what is enforced now (cap, or adaptive)
         self.queued = 0
         # shaping.queue.reserve: slots only priorities >= reserved_for may take.
@@ -83,21 +84,22 @@ class Gate:
         return self.limit is not None and self.health.in_flight >= self.limit
 
     def full_for(self, priority: int) -> bool:
-        """Full for a request of ``priority`` (the reserved slots are not its)."""
+        """Full for a request of ``priority`` (the reserved slots are not its; at least
+        one slot is never reserved, so no priority starves)."""
         if self.limit is None:
             return False
-        kept = self.reserved if priority < self.reserved_for else 0
-        return self.health.in_flight >= self.limit - kept
+        kept = min(self.reserved, self.limit - 1) if priority < self.reserved_for else 0
+        return self.health.in_flight >= self.limit - max(0.0, kept)
 
     async def enter(
         self, priority: int, max_wait: float, max_length: int, batch: bool = False
-    ) -> bool:
-        """Take a slot, waiting for one if the deployment is full; returns whether the
-        request is a half-open probe. Raises ``Shed`` when it cannot wait."""
+    ) -> int:
+        """Take a slot, waiting for one if the deployment is full; returns the probe
+        ticket (``DeploymentHealth.begin``). Raises ``Shed`` when it cannot wait."""
         if not self.queued and not self.full_for(priority):
             return self.health.begin()
         if self.queued >= max_length:
-            self._make_room(priority)
+            self._make_room(priority, batch)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = Waiter(priority, future, batch)
         level = self._levels.get(priority)
@@ -114,6 +116,8 @@ class Gate:
             async with asyncio.timeout(max_wait):
                 await future
         except TimeoutError:
+            if _granted(future):  # handed a slot just as the wait ran out: take it
+                return 0
             self._forget(waiter)
             SHED.labels("max_wait").inc()
             raise Shed(
@@ -121,12 +125,12 @@ class Gate:
                 f"{max_wait:g}s for a slot.",
             ) from None
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self.health.end(False)  # the slot was handed over as we were cancelled
+            if _granted(future):
+                self.health.end(0)  # the slot was handed over as we were cancelled
             else:
                 self._forget(waiter)
             raise
-        return False  # a handed-over slot is already counted in in_flight
+        return 0  # a handed-over slot is already counted in in_flight
 
     def hand_off(self) -> None:
         """Slots are free: give them to waiters, weighted-fair by priority."""
@@ -156,16 +160,21 @@ class Gate:
         self._gauge.dec()
         return waiter
 
-    def _make_room(self, priority: int) -> None:
+    def _make_room(self, priority: int, batch: bool) -> None:
         """The queue is full: shed the newest waiter of the lowest priority below
-        ``priority``, or refuse the newcomer."""
-        lowest = min((p for p, level in self._levels.items() if level), default=None)
-        if lowest is None or lowest >= priority:
-            SHED.labels("queue_full").inc()
-            raise Shed(f"The model server for {self.health.model} is at capacity; retry shortly.")
-        victim = self._levels[lowest].pop()
-        self.queued -= 1
-        self._gauge.dec()
+        ``priority`` (an interactive newcomer may also take a batch waiter's place at
+        its own priority), or refuse the newcomer."""
+        while True:
+            victim = self._victim(priority, batch)
+            if victim is None:
+                SHED.labels("queue_full").inc()
+                raise Shed(
+                    f"The model server for {self.health.model} is at capacity; retry shortly."
+                )
+            self.queued -= 1
+            self._gauge.dec()
+            if not victim.future.done():  # not one that timed out or left meanwhile
+                break
         SHED.labels("displaced").inc()
         victim.future.set_exception(
             Shed(
@@ -174,8 +183,24 @@ class Gate:
             )
         )
 
+    def _victim(self, priority: int, batch: bool) -> Waiter | None:
+        lowest = min((p for p, level in self._levels.items() if level), default=None)
+        if lowest is None or lowest > priority:
+            return None
+        level = self._levels[lowest]
+        if lowest < priority:
+            return level.pop()
+        if not batch and level.batch:  # same priority: interactive before batch
+            return level.batch.pop()
+        return None
+
     def _forget(self, waiter: Waiter) -> None:
         level = self._levels.get(waiter.priority)
         if level is not None and level.remove(waiter):
             self.queued -= 1
             self._gauge.dec()
+
+
+def _granted(future: asyncio.Future[None]) -> bool:
+    """The waiter was handed a slot (its future holds a result)."""
+    return future.done() and not future.cancelled() and future.exception() is None

@@ -107,7 +107,12 @@ class ResponseCache:
         return self._policy.snapshot.policy.routing.cache
 
     async def __call__(self, ctx: RequestContext) -> None:
-        """After the limits: answer a hit (``always``), or mark a miss to be kept."""
+        """After the limits: answer a hit (``always``), or mark a miss to be kept; for a
+        request no deployment could take (route left it to us), the degrade path."""
+        if ctx.unroutable is not None:
+            if await self.degrade(ctx):
+                raise Answered
+            raise ctx.unroutable
         mode = ctx.plan.cache if ctx.plan is not None else "off"
         if mode == "off":
             return
@@ -126,6 +131,11 @@ class ResponseCache:
         ctx.cache_key = key
         if ctx.kept_body is None:
             ctx.kept_body = []
+
+    def could_serve(self, ctx: RequestContext) -> bool:
+        """Might a kept answer stand in for this request (plan and request allow it)?"""
+        plan = ctx.plan
+        return plan is not None and plan.cache != "off" and deterministic(ctx)
 
     async def degrade(self, ctx: RequestContext) -> bool:
         """No deployment could serve ``ctx``: answer from the cache if the plan allows
@@ -147,6 +157,8 @@ class ResponseCache:
         """After the response: keep a whole 2xx answer of a cacheable request."""
         key, kept = ctx.cache_key, ctx.kept_body
         if not key or kept is None or not 200 <= ctx.status < 300 or ctx.decision != "allowed":
+            return
+        if cache_key(ctx) != key:  # answered by a fallback model: not this request's answer
             return
         body = b"".join(kept)
         if len(body) > self.config.max_bytes:
@@ -184,6 +196,9 @@ class ResponseCache:
         ctx.status = 200
         ctx.decision = "cache_hit"
         ctx.usage = NO_USAGE  # nothing was generated: nothing is charged
+        ctx.response_type = content_type
+        if ctx.kept_body is not None:  # an Idempotency-Key: a replay gets the same answer
+            ctx.kept_body.append(body)
         ctx.response_started = True
         await ctx.send({"type": "http.response.start", "status": 200, "headers": headers})
         await ctx.send({"type": "http.response.body", "body": body, "more_body": False})

@@ -66,8 +66,8 @@ def _target(
     name = deployment_name(dep)
     record = health.get(model, name, dep.region)
     gate = record.gate
-    if gate.cap != dep.max_concurrency:  # new, or changed by a reload
-        gate.cap = dep.max_concurrency
+    if gate.cap != dep.max_concurrency or gate.adaptive != health.adaptive:  # new, or reloaded
+        gate.cap, gate.adaptive = dep.max_concurrency, health.adaptive
         gate.limit = health.limit_for(dep.max_concurrency)
     return Target(
         model, index, name, dep.url, dep.region, dep.weight, tuple(headers), timeout, t.idle,

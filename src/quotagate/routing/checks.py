@@ -63,16 +63,25 @@ class HealthChecks:
         while True:
             config = self._gateway.snapshot.policy.shaping.adaptive
             if config is None:  # off (a reload may turn it on)
-                await asyncio.sleep(5.0)
+                await asyncio.sleep(1.0)
                 continue
-            targets = self._targets()
-            signals = [t for t in targets if t.signal is not None]
-            if signals:
-                await asyncio.gather(*(self.read_signal(t, config.interval) for t in signals))
-            for target in targets:
-                limit = target.signal.max if target.signal is not None else None
-                adjust(target.health, config, limit)
+            try:
+                await self.adapt_once(config.interval)
+            except Exception:  # a bug here must not freeze every limit silently
+                log.exception("adaptive concurrency step failed")
             await asyncio.sleep(config.interval)
+
+    async def adapt_once(self, interval: float) -> None:
+        config = self._gateway.snapshot.policy.shaping.adaptive
+        if config is None:
+            return
+        targets = self._targets()
+        signals = [t for t in targets if t.signal is not None]
+        if signals:
+            await asyncio.gather(*(self.read_signal(t, interval) for t in signals))
+        for target in targets:
+            limit = target.signal.max if target.signal is not None else None
+            adjust(target.health, config, limit)
 
     async def read_signal(self, target: Target, within: float) -> None:
         """The upstream's own load figure (JSON field or Prometheus metric), or None
@@ -96,12 +105,17 @@ class HealthChecks:
     async def _run(self) -> None:
         while True:
             config = self._gateway.snapshot.policy.routing.health_check
-            if config is None:  # off (a reload may turn it on)
-                await asyncio.sleep(5.0)
+            if config is None:  # off (a reload may turn it on): nothing stays out on it
+                for target in self._targets():
+                    target.health.checked(True)
+                await asyncio.sleep(1.0)
                 continue
-            await asyncio.gather(
-                *(self.check(t, config.path, config.timeout) for t in self._targets())
-            )
+            try:
+                await asyncio.gather(
+                    *(self.check(t, config.path, config.timeout) for t in self._targets())
+                )
+            except Exception:  # a bug here must not stop the checks silently
+                log.exception("health checks failed")
             await asyncio.sleep(config.interval)
 
     async def check(self, target: Target, path: str, within: float) -> bool:

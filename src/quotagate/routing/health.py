@@ -47,6 +47,7 @@ class DeploymentHealth:
         "cooling_until",
         "down",
         "gate",
+        "generation",
         "in_flight",
         "latency",
         "model",
@@ -70,6 +71,7 @@ class DeploymentHealth:
         self.reason = ""
         self.in_flight = 0
         self.probes = 0  # half-open requests in flight
+        self.generation = 0  # counts half-open periods: a probe belongs to one of them
         self.latency = 0.0  # EWMA of time to first token (or answer), seconds
         self.consecutive = 0
         self.opened_at = 0.0
@@ -98,30 +100,39 @@ class DeploymentHealth:
             self._move(HALF_OPEN, "open_for elapsed")
         return self.probes < self.config.half_open_probes
 
-    def begin(self) -> bool:
-        """A request is sent; True when it is a half-open probe."""
+    def sendable(self, now: float) -> bool:
+        """May a request that already holds a slot (not as a probe) be sent: the
+        circuit closed, no failed health check, no 429 waiting time running."""
+        return self.state is CLOSED and not self.down and now >= self.cooling_until
+
+    def begin(self) -> int:
+        """A request is sent; returns its probe ticket when the circuit is half open
+        (the half-open period it probes for), else 0."""
         self.in_flight += 1
         if self.in_flight > self.samples.peak:
             self.samples.peak = self.in_flight
         if self.state is HALF_OPEN:
             self.probes += 1
-            return True
-        return False
+            return self.generation
+        return 0
 
-    def end(self, probe: bool) -> None:
+    def end(self, probe: int) -> None:
         self.in_flight -= 1
-        if probe:
+        # A probe of an earlier half-open period is no longer counted in `probes`.
+        if probe and probe == self.generation and self.state is HALF_OPEN and self.probes:
             self.probes -= 1
         if self.gate.queued:
             self.gate.hand_off()
 
-    def succeeded(self, latency: float) -> None:
+    def succeeded(self, latency: float, probe: int = 0) -> None:
         self.latency = (
             latency if not self.latency else self.latency + _EWMA * (latency - self.latency)
         )
         self.consecutive = 0
         self._count(ok=True)
-        if self.state is not CLOSED:
+        # Only this half-open period's probe closes the circuit: a request sent before
+        # it opened proves nothing about now.
+        if self.state is HALF_OPEN and probe and probe == self.generation:
             self._close()
 
     def failed(self, why: str) -> None:
@@ -185,8 +196,9 @@ class DeploymentHealth:
             self.name, self.model, self.state, state, reason,
         )  # fmt: skip
         self.state, self.reason = state, reason
-        if state is not HALF_OPEN:
-            self.probes = 0
+        self.probes = 0
+        if state is HALF_OPEN:
+            self.generation += 1
         self._gauge.set(_STATE_VALUE[state])
         BREAKER_TRANSITIONS.labels(self.model, self.name, state).inc()
 
@@ -251,7 +263,7 @@ class HealthRegistry:
         if adaptive is None:
             return cap
         ceiling = min(cap, adaptive.max) if cap is not None else adaptive.max
-        return float(max(adaptive.min, min(adaptive.initial, ceiling)))
+        return float(min(ceiling, max(adaptive.min, adaptive.initial)))  # the cap wins
 
     def get(self, model: str, name: str, region: str) -> DeploymentHealth:
         health = self._states.get((model, name))

@@ -177,11 +177,18 @@ class Router:
     def chain_of(
         self, ctx: RequestContext, catalog: dict[str, ModelRoute], route: ModelRoute
     ) -> tuple[str, ...]:
+        """The fallback models for ``route``: the plan's chain, else the model's, less
+        those the caller may not use (not in its plan, or a scope it lacks)."""
         plan = ctx.plan
         chain = plan.fallbacks.get(route.name) if plan is not None else None
         if chain is None:
             chain = route.fallback
-        return tuple(m for m in chain if plan is None or plan.allows(m))
+        scopes = ctx.principal.scopes if ctx.principal is not None else ()
+        return tuple(
+            m for m in chain
+            if (plan is None or plan.allows(m))
+            and (catalog[m].scope is None or catalog[m].scope in scopes)
+        )  # fmt: skip
 
 
 def _load(target: Target) -> float:

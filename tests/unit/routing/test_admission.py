@@ -21,7 +21,7 @@ def deployment(limit: int) -> DeploymentHealth:
 async def test_slots_go_to_priorities_in_proportion_and_higher_first_on_a_tie() -> None:
     health = deployment(1)
     gate = health.gate
-    assert await gate.enter(0, 10, 100) is False  # a free slot: taken at once
+    assert await gate.enter(0, 10, 100) == 0  # a free slot: taken at once (no probe)
     served: list[int] = []
 
     async def wait(priority: int) -> None:
@@ -125,3 +125,35 @@ async def test_interactive_waiters_go_before_batch_ones_of_the_same_priority() -
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
     assert order == ["interactive", "batch-0", "batch-1", "batch-2"]
+
+
+async def test_a_slot_handed_over_to_a_waiter_that_is_leaving_is_given_back() -> None:
+    health = deployment(1)
+    await health.gate.enter(0, 10, 10)
+    waiter = asyncio.create_task(health.gate.enter(0, 10, 10))
+    await asyncio.sleep(0)
+    health.end(0)  # the slot is handed over to the waiter...
+    waiter.cancel()  # ...which is cancelled before it could take it
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert health.in_flight == 0 and health.gate.queued == 0
+
+
+async def test_one_slot_is_never_reserved() -> None:
+    health = deployment(1)
+    health.gate.reserved, health.gate.reserved_for = 1, 10
+    assert await health.gate.enter(0, 10, 10) == 0  # the only slot: free traffic may take it
+
+
+async def test_making_room_skips_a_waiter_that_already_left() -> None:
+    health = deployment(1)
+    gate = health.gate
+    await gate.enter(0, 10, 1)
+    low = asyncio.create_task(gate.enter(0, 10, 1))
+    await asyncio.sleep(0)
+    low.cancel()  # cancelled, but its task has not run yet
+    with pytest.raises(Shed):  # the full queue's only waiter left: the newcomer waits...
+        await gate.enter(5, 0.01, 1)  # ...until its own max_wait, not a 500
+    with pytest.raises(asyncio.CancelledError):
+        await low
+    assert gate.queued == 0

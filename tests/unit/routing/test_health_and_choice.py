@@ -39,11 +39,44 @@ def test_consecutive_failures_open_the_circuit_and_a_probe_closes_it() -> None:
     assert not h.available(clock.now)
     clock.now += 0.2
     assert h.available(clock.now) and h.state is HALF_OPEN
-    assert h.begin() is True  # the probe
+    probe = h.begin()
+    assert probe == 1  # a probe of the first half-open period
     assert not h.available(clock.now)  # one probe at a time
-    h.succeeded(0.1)
-    h.end(True)
+    h.succeeded(0.1, probe)
+    h.end(probe)
     assert h.state is CLOSED and h.available(clock.now)
+
+
+def test_a_success_that_is_not_this_periods_probe_does_not_close_the_circuit() -> None:
+    clock = Clock()
+    h = health(clock, consecutive_failures=1, open_for=1)
+    old = h.begin()  # a long request sent while closed
+    h.failed("status 500")  # another one fails: open
+    h.succeeded(0.1, old)  # the long one ends well: proves nothing about now
+    assert h.state is OPEN
+    clock.now += 1.5
+    assert h.available(clock.now)  # half open
+    h.succeeded(0.1, old)
+    assert h.state is HALF_OPEN
+    h.end(old)
+    assert h.probes == 0
+
+
+def test_probes_of_a_failed_period_do_not_free_slots_of_the_next() -> None:
+    clock = Clock()
+    h = health(clock, consecutive_failures=1, open_for=1, half_open_probes=1)
+    h.failed("x")
+    for _ in range(3):  # several failed half-open periods
+        clock.now += 1.5
+        assert h.available(clock.now)
+        probe = h.begin()
+        h.failed("x")
+        h.end(probe)
+        assert h.probes == 0
+    clock.now += 1.5
+    assert h.available(clock.now)
+    h.begin()
+    assert not h.available(clock.now)  # still one probe at a time
 
 
 def test_a_failed_probe_opens_the_circuit_again() -> None:
@@ -77,12 +110,11 @@ def test_old_failures_leave_the_window() -> None:
     clock = Clock()
     h = health(clock, consecutive_failures=100, failure_rate=0.5, min_requests=4, window=10)
     for _ in range(3):
-        h.failed("x")
-        h.succeeded(0.1)
+        h.failed("x")  # below min_requests: no rate yet
     clock.now += 25  # two windows later: forgotten
     for _ in range(3):
         h.succeeded(0.1)
-    h.failed("x")
+    h.failed("x")  # 1 of the last 4 (with the old ones it would be 4 of 7)
     assert h.state is CLOSED
 
 
@@ -204,6 +236,7 @@ class Ctx:
         self.plan = plan
         self.scope: dict[str, Any] = {"headers": []}
         self.model = "gpt-4"
+        self.principal = None
 
 
 def test_a_deployment_price_overrides_the_models() -> None:
