@@ -45,6 +45,12 @@ def start(
     if mock:
         faults(upstream, **mock)
     doc = policy(upstream.base_url + "/v1")
+    signal = deployment.get("health_signal")
+    if signal is not None:  # the mock's own load report
+        deployment = {
+            **deployment,
+            "health_signal": {**signal, "url": f"{upstream.base_url}/_mock/load"},
+        }
     doc["models"][MODEL]["deployments"][0].update({"name": "gpu-1", **deployment})
     doc["plans"]["free"]["limits"] = free_limits or []
     doc["plans"]["free"]["priority"] = 0
@@ -164,16 +170,29 @@ def limit_of(gw: Gateway) -> float:
     return float(detail["limit"])
 
 
-def test_the_adaptive_limit_falls_when_the_upstream_slows_and_recovers(tmp_path: Path) -> None:
+SIGNALS = {
+    # Time to first token: 8 at once on a capacity of 2 is 4x 100ms, above 250ms.
+    "ttft": ({}, "250ms", 2),
+    # The upstream's own report alone: memory pressure (in flight / capacity 5) above
+    # 0.5; 8 at once on 5 is no refusal, 160ms to first token, far below its 30s target.
+    "health_signal": ({"health_signal": {"field": "memory_pressure", "max": 0.5}}, "30s", 5),
+}
+
+
+@pytest.mark.parametrize("signal", list(SIGNALS))
+def test_the_adaptive_limit_falls_when_the_upstream_slows_and_recovers(
+    tmp_path: Path, signal: str
+) -> None:
+    extra, target_ttft, capacity = SIGNALS[signal]
     setup = start(
         tmp_path,
-        {"max_concurrency": 8},
+        {"max_concurrency": 8, **extra},
         {
             "adaptive": {"min": 1, "max": 8, "initial": 8, "interval": "200ms",
-                         "target_ttft": "250ms", "target_tpot": "1s"},
+                         "target_ttft": target_ttft, "target_tpot": "1s"},
             "queue": {"max_wait": {"interactive": "10s"}},
         },
-        ttft_ms=100, capacity=2,
+        ttft_ms=100, capacity=capacity,
     )  # fmt: skip
     stop = threading.Event()
     threads: list[threading.Thread] = []

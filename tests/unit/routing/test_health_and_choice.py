@@ -298,3 +298,18 @@ def test_a_class_limit_applies_to_its_class_only_on_counters_of_its_own() -> Non
     assert batch == ["free.key-requests-1m", "free.batch.key-requests-1m"]
     plain = snapshot.plans["plain"]
     assert plain.limits_for("gpt-4", batch=True) is plain.limits_for("gpt-4")
+
+
+def test_health_signals_are_read_from_json_paths_and_prometheus_text() -> None:
+    from quotagate.routing.checks import _field, _metric
+
+    assert _field('{"gpu": {"kv_cache_usage": 0.93}}', "gpu.kv_cache_usage") == 0.93
+    assert _field('{"memory_pressure": true}', "memory_pressure") is None
+    assert _field('{"gpu": 1}', "gpu.kv_cache_usage") is None
+    text = (
+        "# TYPE vllm:gpu_cache_usage_perc gauge\n"
+        'vllm:gpu_cache_usage_perc{engine="0"} 0.42\n'
+        'vllm:gpu_cache_usage_perc{engine="1"} 0.87\n'
+    )
+    assert _metric(text, "vllm:gpu_cache_usage_perc") == 0.87  # the fullest engine
+    assert _metric(text, "vllm:num_requests_waiting") is None
