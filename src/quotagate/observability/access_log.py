@@ -22,7 +22,6 @@ import stat
 import time
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -144,14 +143,6 @@ def _ms(seconds: float) -> float:
 
 
 @lru_cache(maxsize=256)
-def deployment_name(base_url: str) -> str:
-    """An upstream URL without credentials a policy might have put in it."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 def trace_id(ctx: RequestContext) -> str | None:
     """The W3C trace id (``00-<trace id>-<span id>-<flags>``), when the request has one."""
     return ctx.traceparent[3:35] if ctx.traceparent else None
@@ -180,7 +171,7 @@ def access_record(
         "key_id": p.key_id if p is not None else None,
         "user": p.user if p is not None else None,
         "model": ctx.model[:_MAX_MODEL] or None,
-        "deployment": deployment_name(target.base_url) if target is not None else None,
+        "deployment": target.shown_url if target is not None else None,
         "region": target.region if target is not None else None,
         "stream": ctx.stream,
         "status": ctx.status,

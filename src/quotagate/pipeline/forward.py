@@ -275,10 +275,14 @@ class Forward:
             # Adaptive concurrency's signals: time to first token (streams), and per
             # output token after it (for a JSON answer, the whole call per token).
             tokens = ctx.usage.completion if ctx.usage is not None else 0
-            tpot = (ctx.upstream_ended - first) / (tokens - 1) if tokens > 1 else None
-            if not ctx.first_token and tokens:
+            ttft: float | None = None
+            tpot: float | None = None
+            if ctx.first_token:
+                ttft = first - ctx.upstream_started
+                if tokens > 1:
+                    tpot = (ctx.upstream_ended - first) / (tokens - 1)
+            elif tokens:
                 tpot = (ctx.upstream_ended - ctx.upstream_started) / tokens
-            ttft = first - ctx.upstream_started if ctx.first_token else None
             health.samples.answered(ttft, tpot)
             if ttft is not None and self._router.pressure is not None:
                 self._router.pressure.observe(ttft)

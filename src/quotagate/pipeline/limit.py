@@ -23,12 +23,12 @@ from quotagate.ids import new_id
 from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import CompiledLimit, ScopeValues
-from quotagate.observability.metrics import FALLBACKS, LIMIT_BYPASSED, QUOTA_EXHAUSTED
+from quotagate.observability.metrics import LIMIT_BYPASSED, QUOTA_EXHAUSTED
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import TOKEN_FIELDS
 from quotagate.pipeline.stage import PolicySource
 from quotagate.routing.catalog import Target
-from quotagate.routing.router import Router
+from quotagate.routing.router import Router, switch_model
 from quotagate.store.base import (
     Admission,
     Check,
@@ -262,17 +262,10 @@ def _undo_degrade(
 def _fall_back(
     ctx: RequestContext, policy: PolicySource, router: Router, model: str, because: str
 ) -> None:
-    FALLBACKS.labels(ctx.model, model, "quota").inc()
-    ctx.response_headers.append(
-        (b"x-quotagate-fallback", f"{ctx.model} -> {model}; quota={because}".encode())
-    )
-    ctx.model = model
-    ctx.payload["model"] = model
-    ctx.payload_changed = True
     route = policy.snapshot.catalog[model]
     # None usable now: its first deployment, and forward's retries take it from there.
-    ctx.target = router.choose(route, router.region(ctx, route)) or route.targets[0]
-    ctx.price = ctx.target.prices
+    target = router.choose(route, router.region(ctx, route)) or route.targets[0]
+    switch_model(ctx, target, "quota", because)
 
 
 def _set_max_tokens(ctx: RequestContext, tokens: int) -> None:

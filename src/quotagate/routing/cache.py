@@ -154,11 +154,10 @@ class ResponseCache:
         return True
 
     async def finish(self, ctx: RequestContext) -> None:
-        """After the response: keep a whole 2xx answer of a cacheable request."""
+        """After the response: keep a whole 2xx answer of a cacheable request (one a
+        fallback model answered has no key any more: ``switch_model``)."""
         key, kept = ctx.cache_key, ctx.kept_body
         if not key or kept is None or not 200 <= ctx.status < 300 or ctx.decision != "allowed":
-            return
-        if cache_key(ctx) != key:  # answered by a fallback model: not this request's answer
             return
         body = b"".join(kept)
         if len(body) > self.config.max_bytes:

@@ -24,16 +24,15 @@ class Target:
     """One deployment, ready to receive a request."""
 
     model: str
-    index: int
     name: str
     base_url: str
+    shown_url: str  # base_url without any credentials it holds: for logs
     region: str
     weight: int
     headers: tuple[tuple[str, str], ...]
     timeout: aiohttp.ClientTimeout
     idle: float  # the longest gap between two chunks once the answer has started
     total: float
-    max_concurrency: int | None
     prices: Prices  # micro-units per 1M input / output tokens at this deployment
     health: DeploymentHealth
     signal: HealthSignal | None  # the upstream's own load figure, if it exposes one
@@ -53,9 +52,14 @@ def deployment_name(dep: Deployment) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
-def _target(
-    model: str, index: int, dep: Deployment, price: Price, health: HealthRegistry
-) -> Target:
+def url_without_credentials(url: str) -> str:
+    """An upstream URL without credentials a policy might have put in it."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
+def _target(model: str, dep: Deployment, price: Price, health: HealthRegistry) -> Target:
     headers = [("content-type", "application/json")]
     if dep.api_key_env and (credential := os.environ.get(dep.api_key_env)):
         headers.append(("authorization", f"Bearer {credential}"))
@@ -70,8 +74,8 @@ def _target(
         gate.cap, gate.adaptive = dep.max_concurrency, health.adaptive
         gate.limit = health.limit_for(dep.max_concurrency)
     return Target(
-        model, index, name, dep.url, dep.region, dep.weight, tuple(headers), timeout, t.idle,
-        t.total, dep.max_concurrency, micros_per_1m(dep.price or price),
+        model, name, dep.url, url_without_credentials(dep.url), dep.region, dep.weight,
+        tuple(headers), timeout, t.idle, t.total, micros_per_1m(dep.price or price),
         record, dep.health_signal, in_flight(model, name),
         ((b"x-quotagate-model", model.encode()), (b"x-quotagate-deployment", name.encode())),
     )  # fmt: skip
@@ -81,12 +85,8 @@ class ModelRoute:
     def __init__(self, name: str, model: Model, health: HealthRegistry) -> None:
         self.name = name
         self.scope = model.scope  # needed by callers on top of their plan
-        self.price: Price = model.price
-        self.prices = micros_per_1m(model.price)
         self.fallback = tuple(model.fallback)
-        self.targets = tuple(
-            _target(name, i, d, model.price, health) for i, d in enumerate(model.deployments)
-        )
+        self.targets = tuple(_target(name, d, model.price, health) for d in model.deployments)
         self.regions = frozenset(t.region for t in self.targets)
         self._tiers: dict[str | None, tuple[tuple[Target, ...], ...]] = {}
 

@@ -22,6 +22,7 @@ from quotagate.config.schema import AdaptiveConfig, BreakerConfig, Reserve
 from quotagate.observability.metrics import BREAKER_STATE, BREAKER_TRANSITIONS
 from quotagate.routing.adaptive import Samples
 from quotagate.routing.admission import Gate
+from quotagate.routing.window import SlidingPair
 
 log = logging.getLogger("quotagate.routing")
 
@@ -37,11 +38,6 @@ class DeploymentHealth:
         "_announce",
         "_clock",
         "_gauge",
-        "_previous_failed",
-        "_previous_ok",
-        "_window_failed",
-        "_window_ok",
-        "_window_started",
         "config",
         "consecutive",
         "cooling_until",
@@ -53,6 +49,7 @@ class DeploymentHealth:
         "model",
         "name",
         "opened_at",
+        "outcomes",
         "pressure",
         "probes",
         "reason",
@@ -77,9 +74,7 @@ class DeploymentHealth:
         self.opened_at = 0.0
         self.cooling_until = 0.0  # an upstream 429's retry-after
         self.down = False  # an active health check failed (routing.health_check)
-        self._window_started = clock()
-        self._window_ok = self._window_failed = 0
-        self._previous_ok = self._previous_failed = 0
+        self.outcomes = SlidingPair(config.window, clock)  # successes, failures
         self._gauge = BREAKER_STATE.labels(model, name)
         self._gauge.set(0)
         # Called with (model, name) when this instance opens the circuit (shared health).
@@ -147,7 +142,7 @@ class DeploymentHealth:
         if self.consecutive >= config.consecutive_failures:
             self._open(f"{self.consecutive} consecutive failures, last: {why}")
             return
-        ok, failed = self._recent()
+        ok, failed = self.outcomes.recent()
         total = ok + failed
         if total >= config.min_requests and failed / total >= config.failure_rate:
             self._open(f"failure rate {failed}/{total} in {config.window:g}s, last: {why}")
@@ -183,8 +178,7 @@ class DeploymentHealth:
 
     def _close(self) -> None:
         self.consecutive = 0
-        self._window_started = self._clock()
-        self._window_ok = self._window_failed = self._previous_ok = self._previous_failed = 0
+        self.outcomes.reset()
         self._move(CLOSED, "probe succeeded")
 
     def _move(self, state: str, reason: str) -> None:
@@ -203,33 +197,8 @@ class DeploymentHealth:
         BREAKER_TRANSITIONS.labels(self.model, self.name, state).inc()
 
     def _count(self, ok: bool) -> None:
-        self._roll()
-        if ok:
-            self._window_ok += 1
-        else:
-            self._window_failed += 1
-
-    def _roll(self) -> None:
-        now, window = self._clock(), self.config.window
-        elapsed = now - self._window_started
-        if elapsed < window:
-            return
-        if elapsed < 2 * window:
-            self._previous_ok, self._previous_failed = self._window_ok, self._window_failed
-        else:
-            self._previous_ok = self._previous_failed = 0
-        self._window_ok = self._window_failed = 0
-        self._window_started = now - (elapsed % window)
-
-    def _recent(self) -> tuple[float, float]:
-        """Outcomes in the last ``window``: the current bucket plus the overlapping
-        share of the previous one (a sliding-window estimate)."""
-        self._roll()
-        share = 1 - (self._clock() - self._window_started) / self.config.window
-        return (
-            self._window_ok + self._previous_ok * share,
-            self._window_failed + self._previous_failed * share,
-        )
+        self.outcomes.window = self.config.window  # a reload may change it
+        self.outcomes.add(0 if ok else 1)
 
     def detail(self) -> dict[str, object]:
         return {

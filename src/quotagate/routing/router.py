@@ -25,6 +25,7 @@ from quotagate.pipeline.context import RequestContext
 from quotagate.routing.catalog import ModelRoute, Target
 from quotagate.routing.health import OPEN, Clock
 from quotagate.routing.pressure import Pressure
+from quotagate.routing.window import SlidingPair
 
 _BUDGET_WINDOW = 10.0  # seconds over which the retry budget counts requests and retries
 
@@ -34,51 +35,32 @@ class RetryBudget:
 
     def __init__(self, ratio: float, min_per_second: float, clock: Clock = time.monotonic) -> None:
         self.ratio, self.floor = ratio, min_per_second * _BUDGET_WINDOW
-        self._clock = clock
-        self._started = clock()
-        self._requests = self._retries = 0
-        self._previous_requests = self._previous_retries = 0
+        self._counts = SlidingPair(_BUDGET_WINDOW, clock)  # requests, retries
 
     def request(self) -> None:
-        self._roll()
-        self._requests += 1
+        self._counts.add(0)
 
     def allow(self) -> bool:
-        self._roll()
-        share = 1 - (self._clock() - self._started) / _BUDGET_WINDOW
-        requests = self._requests + self._previous_requests * share
-        retries = self._retries + self._previous_retries * share
+        requests, retries = self._counts.recent()
         if retries + 1 > self.floor + self.ratio * requests:
             return False
-        self._retries += 1
+        self._counts.add(1)
         return True
-
-    def _roll(self) -> None:
-        elapsed = self._clock() - self._started
-        if elapsed < _BUDGET_WINDOW:
-            return
-        if elapsed < 2 * _BUDGET_WINDOW:
-            self._previous_requests, self._previous_retries = self._requests, self._retries
-        else:
-            self._previous_requests = self._previous_retries = 0
-        self._requests = self._retries = 0
-        self._started += elapsed - elapsed % _BUDGET_WINDOW
 
 
 class Router:
     def __init__(self, config: RoutingConfig, rng: random.Random | None = None) -> None:
-        self.configure(config)
         self._rng = rng or random.Random()
         self.budget = RetryBudget(config.retries.budget, config.retries.min_per_second)
+        self.configure(config)
         self.pressure: Pressure | None = None  # limits that follow model health
 
     def configure(self, config: RoutingConfig) -> None:
         self.config = config
         self._header = config.region_header.encode() if config.region_header else None
         self._latency = config.strategy == "latency"
-        if hasattr(self, "budget"):
-            self.budget.ratio = config.retries.budget
-            self.budget.floor = config.retries.min_per_second * _BUDGET_WINDOW
+        self.budget.ratio = config.retries.budget
+        self.budget.floor = config.retries.min_per_second * _BUDGET_WINDOW
 
     def region(self, ctx: RequestContext, route: ModelRoute) -> str | None:
         """The region to serve ``ctx`` from: the client's if it names one of the
@@ -206,11 +188,16 @@ def unusable_reason(route: ModelRoute, tried: Sequence[Target]) -> str:
     return "outage"
 
 
-def switch_model(ctx: RequestContext, target: Target, why: str) -> None:
-    """The request is served by ``target``'s model instead: say so, bill at its price."""
+def switch_model(ctx: RequestContext, target: Target, why: str, quota: str | None = None) -> None:
+    """The request is served by ``target``'s model instead: say so (``quota``: the
+    exhausted quota that made it), bill at its price; an answer to another model is
+    not this request's to cache."""
     FALLBACKS.labels(ctx.model, target.model, why).inc()
+    because = f"quota={quota}" if quota is not None else f"reason={why}"
     ctx.response_headers.append(
-        (b"x-quotagate-fallback", f"{ctx.model} -> {target.model}; reason={why}".encode())
+        (b"x-quotagate-fallback", f"{ctx.model} -> {target.model}; {because}".encode())
     )
     ctx.model = ctx.payload["model"] = target.model
     ctx.payload_changed = True
+    ctx.target, ctx.price = target, target.prices
+    ctx.cache_key = ""

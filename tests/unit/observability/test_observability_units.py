@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 import quotagate.errors as errors
-from quotagate.observability.access_log import AccessLog, deployment_name
+from quotagate.observability.access_log import AccessLog
 from quotagate.observability.metrics import DECISIONS, decision_label
 from quotagate.observability.tenants import OTHER, TenantSeries
+from quotagate.routing.catalog import url_without_credentials
 
 
 def test_every_gateway_error_decision_is_in_the_vocabulary() -> None:
@@ -32,8 +33,11 @@ def test_tenants_beyond_the_cap_fold_into_other() -> None:
     assert [series.label(t) for t in ("a", "b", "c", "a", "d")] == ["a", "b", OTHER, "a", OTHER]
 
 
-def test_deployment_name_drops_credentials() -> None:
-    assert deployment_name("https://user:pw@llm.example:8443/v1") == "https://llm.example:8443/v1"
+def test_deployment_url_drops_credentials() -> None:
+    assert (
+        url_without_credentials("https://user:pw@llm.example:8443/v1")
+        == "https://llm.example:8443/v1"
+    )
 
 
 def test_lines_are_buffered_until_flushed_and_written_whole(tmp_path: Path) -> None:
