@@ -27,10 +27,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from harness import Gateway, policy, start_mock  # noqa: E402
 from report import write_results  # noqa: E402
+from spike import ADMIN_TOKEN, issue_keys  # noqa: E402
 
 MARKERS = ("<!-- bench:adaptive:start -->", "<!-- bench:adaptive:end -->")
 MODEL = "gpt-3.5-turbo"
-KEY_TOKEN = "qga-bench-adaptive-token"
 
 
 def gateway(
@@ -40,16 +40,7 @@ def gateway(
     doc["models"][MODEL]["deployments"][0].update({"name": "gpu-1", **deployment})
     doc["plans"]["enterprise"]["limits"] = []
     doc["shaping"] = shaping
-    return Gateway(tmp, doc, {"QUOTAGATE_ADMIN_TOKEN": KEY_TOKEN}).start()
-
-
-def key(gw: Gateway) -> str:
-    headers = {"authorization": f"Bearer {KEY_TOKEN}"}
-    httpx.post(gw.admin_url + "/admin/v1/tenants", headers=headers,
-               json={"name": "bench", "plan": "enterprise"}, timeout=10)  # fmt: skip
-    made = httpx.post(gw.admin_url + "/admin/v1/keys", headers=headers,
-                      json={"tenant": "bench"}, timeout=10)  # fmt: skip
-    return str(made.json()["key"])
+    return Gateway(tmp, doc, {"QUOTAGATE_ADMIN_TOKEN": ADMIN_TOKEN}).start()
 
 
 def limit_of(gw: Gateway) -> float:
@@ -68,7 +59,7 @@ def adaptive(tmp: Path) -> list[str]:
     stop = threading.Event()
     timeline: list[tuple[float, float]] = []
     try:
-        bearer = {"authorization": f"Bearer {key(gw)}"}
+        bearer = {"authorization": f"Bearer {issue_keys(gw, 'enterprise', 1)[0]}"}
         body = {"model": MODEL, "stream": True, "max_tokens": 2,
                 "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
 
@@ -121,7 +112,7 @@ def batch(tmp: Path) -> list[str]:
     gw = gateway(tmp / "gw2", mock.base_url + "/v1", {"max_concurrency": 1},
                  {"queue": {"max_wait": {"interactive": "300ms", "batch": "60s"}}})  # fmt: skip
     try:
-        bearer = {"authorization": f"Bearer {key(gw)}"}
+        bearer = {"authorization": f"Bearer {issue_keys(gw, 'enterprise', 1)[0]}"}
         body = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
         statuses: dict[str, list[int]] = {"batch": [], "interactive": []}
 

@@ -20,6 +20,7 @@ from e2e_clients import (
     MockUpstream,
     sdk,
 )
+from webhooks import Receiver
 
 from harness import Gateway, Process, policy
 
@@ -67,3 +68,13 @@ def pro_key(keys: KeyIssuer) -> IssuedKey:
 def client(gateway: Gateway, pro_key: IssuedKey) -> Iterator[openai.OpenAI]:
     with sdk(gateway, pro_key.key) as pro_client:
         yield pro_client
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver for alert deliveries (one per module)."""
+    started = Receiver()
+    started.thread.start()
+    yield started
+    started.server.shutdown()
+    started.server.server_close()

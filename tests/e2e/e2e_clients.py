@@ -4,8 +4,10 @@ the OpenAI error shape, and what the mock upstream saw."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -151,3 +153,18 @@ def poll_until_raises(
             return exc
         assert time.monotonic() < deadline, f"still no {error.__name__} after {within}s"
         time.sleep(0.02)  # poll interval, not a wait for the outcome
+
+
+def ledger_row(gw: Gateway, request_id: str, within: float = 5.0) -> dict[str, Any]:
+    """The ledger row of ``request_id`` in a gateway's SQLite database, once written."""
+    deadline = time.monotonic() + within
+    while True:
+        with closing(sqlite3.connect(gw.tmp / "qg.db", timeout=5)) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute(
+                "SELECT * FROM qg_ledger WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        if row is not None:
+            return dict(row)
+        assert time.monotonic() < deadline, f"{request_id} not in the ledger after {within}s"
+        time.sleep(0.05)  # poll interval, not a wait for the outcome

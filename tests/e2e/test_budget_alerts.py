@@ -37,15 +37,6 @@ TOKENS = 1000
 BUDGET = 10_000  # micro-units: 0.01 USD
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    started = Receiver()
-    started.thread.start()
-    yield started
-    started.server.shutdown()
-    started.server.server_close()
-
-
 def alerts_policy(upstream: str, receiver: Receiver, **overrides: Any) -> dict[str, Any]:
     alerts = {"webhook_url": receiver.url, "secret_env": SECRET_ENV}
     doc = policy(upstream, accounting={"alerts": alerts}, **overrides)

@@ -4,16 +4,13 @@ and reports, per request, how its estimate compared with the upstream's count.""
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
 import tiktoken
-from e2e_clients import CHAT_MODEL, sdk
+from e2e_clients import CHAT_MODEL, ledger_row, sdk
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Gateway, policy
@@ -49,20 +46,6 @@ def gateway(
     gw = Gateway(tmp_path_factory.mktemp("estimator"), doc, env).start()
     yield gw
     gw.stop()
-
-
-def ledger_row(gw: Gateway, request_id: str, within: float = 5.0) -> sqlite3.Row:
-    deadline = time.monotonic() + within
-    while True:
-        with closing(sqlite3.connect(gw.tmp / "qg.db", timeout=5)) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute(
-                "SELECT * FROM qg_ledger WHERE request_id = ?", (request_id,)
-            ).fetchone()
-        if row is not None:
-            return row
-        assert time.monotonic() < deadline, f"{request_id} not in the ledger after {within}s"
-        time.sleep(0.05)  # poll interval, not a wait for the outcome
 
 
 def estimate_ratio(gw: Gateway) -> tuple[float, float]:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
-import time
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +13,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from e2e_clients import messages, sdk
+from e2e_clients import ledger_row, messages, sdk
 
 from harness import Gateway, Process, policy, start_mock
+from metrics_text import delta, scrape
 
 MODEL = "gpt-3.5-turbo"
 _serial = itertools.count()
@@ -63,31 +61,22 @@ def ask(client: openai.OpenAI, text: str, **extra: Any) -> Any:
     )
 
 
-def ledger_cost(gw: Gateway, request_id: str, within: float = 5.0) -> int:
-    deadline = time.monotonic() + within
-    while True:
-        with closing(sqlite3.connect(gw.tmp / "qg.db", timeout=5)) as db:
-            row = db.execute(
-                "SELECT cost_micros FROM qg_ledger WHERE request_id = ?", (request_id,)
-            ).fetchone()
-        if row is not None:
-            return int(row[0])
-        assert time.monotonic() < deadline, f"{request_id} not in the ledger after {within}s"
-        time.sleep(0.05)  # poll interval, not a wait for the outcome
-
-
 def test_a_deterministic_request_is_answered_from_the_cache_and_not_charged(setup: Setup) -> None:
     text = f"what is {next(_serial)} squared?"
+    counted = scrape(setup.gateway.admin_url)
     with sdk(setup.gateway, account(setup.gateway, "cached")) as client:
         before = seen(setup.mock)
         first = ask(client, text, temperature=0)
         second = ask(client, text, temperature=0)
+    after = scrape(setup.gateway.admin_url)
+    for result in ("miss", "stored", "hit"):  # the cache's counter says the same
+        assert delta(counted, after, "quotagate_response_cache_total", result=result) == 1
     assert first.headers["x-quotagate-cache"] == "miss"
     assert second.headers["x-quotagate-cache"] == "hit"
     assert seen(setup.mock) == before + 1
     assert second.http_response.content == first.http_response.content
-    assert ledger_cost(setup.gateway, first.headers["x-request-id"]) > 0
-    assert ledger_cost(setup.gateway, second.headers["x-request-id"]) == 0
+    assert ledger_row(setup.gateway, first.headers["x-request-id"])["cost_micros"] > 0
+    assert ledger_row(setup.gateway, second.headers["x-request-id"])["cost_micros"] == 0
 
 
 def test_another_tenant_never_gets_the_cached_answer(setup: Setup) -> None:

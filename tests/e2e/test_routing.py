@@ -4,12 +4,10 @@ a hanging deployment's circuit, upstream 429s, the retry budget, fallback billin
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from e2e_clients import KeyIssuer, assert_sdk_error, messages, sdk
+from e2e_clients import KeyIssuer, assert_sdk_error, ledger_row, messages, sdk
 
 from harness import Gateway, Process, policy, start_mock
+from metrics_text import scrape, total
 
 GPT4, CHEAP = "gpt-4", "gpt-3.5-turbo"
 PRICES = {GPT4: (30_000_000, 60_000_000), CHEAP: (500_000, 1_500_000)}  # µ per 1M tokens
@@ -310,22 +309,11 @@ def test_retries_never_exceed_the_retry_budget(tmp_path: Path) -> None:
         upstream = seen(fleet.eu) + seen(fleet.us) + seen(fleet.cheap)
         retries = upstream - sent
         assert 1 <= retries <= 0.1 * sent, retries  # some retried, never past 10%
+        metrics = scrape(fleet.gateway.admin_url)  # every decision is counted
+        assert total(metrics, "quotagate_upstream_retries_total", outcome="retried") == retries
+        assert total(metrics, "quotagate_upstream_retries_total", outcome="budget") >= 1
     finally:
         fleet.stop()
-
-
-def ledger_row(gw: Gateway, request_id: str, within: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    while True:
-        with closing(sqlite3.connect(gw.tmp / "qg.db", timeout=5)) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute(
-                "SELECT * FROM qg_ledger WHERE request_id = ?", (request_id,)
-            ).fetchone()
-        if row is not None:
-            return dict(row)
-        assert time.monotonic() < deadline, f"{request_id} not in the ledger after {within}s"
-        time.sleep(0.05)  # poll interval, not a wait for the outcome
 
 
 def test_an_outage_falls_back_to_the_cheaper_model_billed_at_its_price(fleet: Fleet) -> None:

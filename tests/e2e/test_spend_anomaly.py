@@ -25,15 +25,6 @@ BODY = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "m
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    started = Receiver()
-    started.thread.start()
-    yield started
-    started.server.shutdown()
-    started.server.server_close()
-
-
-@pytest.fixture(scope="module")
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, upstream: str, receiver: Receiver
 ) -> Iterator[Gateway]:
