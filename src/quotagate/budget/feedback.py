@@ -58,19 +58,27 @@ _NAMES = {
 }
 
 
+def quota_groups(quotas: Sequence[CompiledLimit]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The quotas' positions by unit, units in order of first appearance: worked out
+    once per plan, for ``quota_headers``."""
+    units: dict[str, list[int]] = {}
+    for i, limit in enumerate(quotas):
+        units.setdefault(limit.unit, []).append(i)
+    return tuple((unit, tuple(members)) for unit, members in units.items())
+
+
 def quota_headers(
-    quotas: Sequence[CompiledLimit],
+    groups: Sequence[tuple[str, Sequence[int]]],
     checks: Sequence[CounterCheck],
     outcomes: Sequence[CheckOutcome],
 ) -> Headers:
+    """The tightest quota of each unit in ``groups`` (``quota_groups``) speaks for it."""
     headers: Headers = []
-    tightest: dict[str, int] = {}
-    for i, limit in enumerate(quotas):
-        best = tightest.get(limit.unit)
-        if best is None or outcomes[i].remaining < outcomes[best].remaining:
-            tightest[limit.unit] = i
     now = time.time()
-    for unit, i in tightest.items():
+    for unit, members in groups:
+        i = members[0]
+        if len(members) > 1:
+            i = min(members, key=lambda j: outcomes[j].remaining)
         limit_name, remaining_name, reset_name = _NAMES[unit]
         outcome = outcomes[i]
         headers.append((limit_name, _amount_bytes(unit, checks[i].limit)))
@@ -84,8 +92,9 @@ def crossed(limit: CompiledLimit, check: CounterCheck, outcome: CheckOutcome) ->
     if not limit.alerts or check.limit <= 0:
         return None
     used = (check.limit - outcome.remaining) / check.limit
-    reached = [t for t in limit.alerts if used >= t]
-    return reached[-1] if reached else None
+    if used < limit.alerts[0]:  # sorted: below the lowest, below them all
+        return None
+    return [t for t in limit.alerts if used >= t][-1]
 
 
 def warning(limit: CompiledLimit, check: CounterCheck, outcome: CheckOutcome, at: float) -> bytes:

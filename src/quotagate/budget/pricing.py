@@ -25,7 +25,9 @@ def output_tokens_for(micros: int, prompt: int, prices: Prices) -> int:
 
 
 def format_money(micros: int) -> str:
-    """``12000345`` → ``12.000345``: exact, from the integer."""
-    sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), 1_000_000)
-    return f"{sign}{whole}.{frac:06d}"
+    """``12000345`` → ``12.000345``: exact, from the integer (per response: kept to
+    one division and one format)."""
+    if micros < 0:
+        return "-" + format_money(-micros)
+    whole, frac = divmod(micros, 1_000_000)
+    return f"{whole}.{frac:06d}"

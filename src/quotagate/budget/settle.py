@@ -33,5 +33,5 @@ def split(ctx: RequestContext, tokens: int) -> tuple[int, int]:
 
 def deltas(ctx: RequestContext, tokens: int, micros: int) -> list[int]:
     """Per settled counter: charge (+) or refund (-) the difference to the reservation."""
-    by_unit = {"tokens": tokens - ctx.reserved_tokens, "micros": micros - ctx.reserved_micros}
-    return [by_unit[unit] for unit in ctx.settle_units]
+    more_tokens, more_micros = tokens - ctx.reserved_tokens, micros - ctx.reserved_micros
+    return [more_tokens if unit == "tokens" else more_micros for unit in ctx.settle_units]

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from quotagate.budget.estimate import Estimator, estimator_of
+from quotagate.budget.feedback import quota_groups
 from quotagate.config.schema import Plan, Policy
 from quotagate.limits.headers import policy_header
 from quotagate.limits.policy import CompiledLimit, compile_limit, compile_limits
@@ -28,6 +29,8 @@ class LimitSet:
     # by position, and their units: worked out once per plan, not once per request.
     settled: tuple[int, ...]
     settled_units: tuple[str, ...]
+    # The quotas' positions (after the rates) by unit, for their response headers.
+    quota_groups: tuple[tuple[str, tuple[int, ...]], ...]
 
     @classmethod
     def of(cls, rates: tuple[CompiledLimit, ...], quotas: Iterable[CompiledLimit]) -> LimitSet:
@@ -46,6 +49,7 @@ class LimitSet:
             len(limits) > len(rates),
             settled,
             tuple(limits[i].unit for i in settled),
+            quota_groups(limits[len(rates) :]),
         )
 
 

@@ -33,6 +33,9 @@ class ScopeValues(NamedTuple):
     headers: Sequence[tuple[bytes, bytes]] = ()
 
     def get(self, scope: str) -> str:
+        index = _FIELDS.get(scope)
+        if index is not None:  # tenant, key, user, model, route: most limits' scopes
+            return str(self[index])
         if scope == "global":
             return ""
         if scope.startswith("header:"):
@@ -42,6 +45,9 @@ class ScopeValues(NamedTuple):
         if scope == "ip":
             return _safe(self.ip)  # IPv6 addresses hold ':'
         return str(getattr(self, scope))
+
+
+_FIELDS = {name: i for i, name in enumerate(ScopeValues._fields) if name not in ("ip", "headers")}
 
 
 def _safe(value: str) -> str:
@@ -74,7 +80,8 @@ class CompiledLimit:
     resource: str | None = None  # "budget" or "tokens": what tenant credits raise
 
     def counter_key(self, values: ScopeValues) -> str:
-        parts = ":".join(values.get(s) for s in self.scopes)
+        scopes = self.scopes
+        parts = values.get(scopes[0]) if len(scopes) == 1 else ":".join(map(values.get, scopes))
         tag = f"{{t:{values.tenant}}}" if self.tenant_tagged else f"{{{parts}}}"
         return f"rl:{tag}:{self.name}:{parts}"
 

@@ -155,7 +155,7 @@ class Limit:
         quotas = limits.limits[n:count]
         counters = [c for c in checks[n:count] if isinstance(c, CounterCheck)]
         outcomes = admission.outcomes[n:count]
-        ctx.response_headers.extend(quota_headers(quotas, counters, outcomes))
+        ctx.response_headers.extend(quota_headers(limits.quota_groups, counters, outcomes))
         for limit, check, outcome in zip(quotas, counters, outcomes, strict=True):
             reached = crossed(limit, check, outcome)
             if reached is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from quotagate.limits.gcra import gcra_step
 from quotagate.store.base import (
@@ -27,6 +28,7 @@ from quotagate.store.base import (
 # memory bounded by the number of keys active within one refill period.
 _SWEEP_EVERY = 10_000
 _LEASE_RETRY = 1.0  # a lease frees when a request ends: suggest a short retry
+_RESERVED = CheckOutcome(0, 0.0, 0.0)  # a reservation always "allows"
 
 
 class MemoryStore:
@@ -53,20 +55,25 @@ class MemoryStore:
         return self.acquire_now(checks)
 
     def acquire_now(self, checks: Sequence[Check]) -> Admission:
-        now = self._clock()
+        now, wall = self._clock(), self._wall()
         outcomes: list[CheckOutcome] = []
-        writes: list[float] = []  # for counters: the period start (used = +cost)
+        # What each check writes if all allow: a GCRA TAT, a log entry's time, a lease or
+        # reservation deadline, or a counter's period (start, end). ``type() is``, not
+        # isinstance: a request's checks are dispatched several times each.
+        writes: list[Any] = []
+        write: Any
         denied = -1
         for index, check in enumerate(checks):
-            if isinstance(check, RateCheck):
+            if type(check) is RateCheck:
                 allowed, write, outcome = self._rate(check, now)
-            elif isinstance(check, WindowCheck):
+            elif type(check) is CounterCheck:
+                allowed, write, outcome = self._counter(check, wall)
+            elif type(check) is ReservationCheck:
+                allowed, write, outcome = True, now + check.ttl, _RESERVED
+            elif type(check) is WindowCheck:
                 allowed, write, outcome = self._window(check, now)
-            elif isinstance(check, CounterCheck):
-                allowed, write, outcome = self._counter(check, self._wall())
-            elif isinstance(check, ReservationCheck):
-                allowed, write, outcome = True, now + check.ttl, CheckOutcome(0, 0.0, 0.0)
             else:
+                assert isinstance(check, LeaseCheck)
                 allowed, write, outcome = self._lease(check, now)
             outcomes.append(outcome)
             writes.append(write)
@@ -75,16 +82,18 @@ class MemoryStore:
         if denied >= 0:
             return Admission(False, tuple(outcomes), denied)
         for check, write in zip(checks, writes, strict=True):
-            if isinstance(check, RateCheck):
+            if type(check) is RateCheck:
                 self._tats[check.key] = write
-            elif isinstance(check, CounterCheck):
-                self._commit_counter(check, write, self._wall())
-            elif isinstance(check, WindowCheck):
+            elif type(check) is CounterCheck:
+                start, end = write
+                self._counters[check.key] = (start, self._used(check.key, start) + check.cost, end)
+            elif type(check) is ReservationCheck:
+                self._reservations[check.member] = (write, wall)
+            elif type(check) is WindowCheck:
                 self._logs.setdefault(check.key, deque()).append(write)
                 self._log_windows[check.key] = check.window
-            elif isinstance(check, ReservationCheck):
-                self._reservations[check.member] = (write, self._wall())
             else:
+                assert isinstance(check, LeaseCheck)
                 self._leases.setdefault(check.key, {})[check.lease_id] = write
         self._maybe_sweep(now)
         return Admission(True, tuple(outcomes))
@@ -99,22 +108,23 @@ class MemoryStore:
         if check.window:
             start = (now // check.window) * check.window
             return start, start + check.window
+        if check.start <= now < check.end:  # nearly always: not at a period's edge
+            return check.start, check.end
         return check.period_at(now)
 
     def _used(self, key: str, start: float) -> int:
         held = self._counters.get(key)
         return held[1] if held is not None and held[0] == start else 0
 
-    def _counter(self, check: CounterCheck, now: float) -> tuple[bool, float, CheckOutcome]:
+    def _counter(
+        self, check: CounterCheck, now: float
+    ) -> tuple[bool, tuple[float, float], CheckOutcome]:
         start, end = self._bounds(check, now)
         used = self._used(check.key, start)
         if used + check.cost <= check.limit:
-            return True, start, CheckOutcome(check.limit - used - check.cost, end - now, 0.0)
-        return False, start, CheckOutcome(max(0, check.limit - used), end - now, end - now)
-
-    def _commit_counter(self, check: CounterCheck, start: float, now: float) -> None:
-        _, end = self._bounds(check, now)
-        self._counters[check.key] = (start, self._used(check.key, start) + check.cost, end)
+            outcome = CheckOutcome(check.limit - used - check.cost, end - now, 0.0)
+            return True, (start, end), outcome
+        return False, (start, end), CheckOutcome(max(0, check.limit - used), end - now, end - now)
 
     def _window(self, check: WindowCheck, now: float) -> tuple[bool, float, CheckOutcome]:
         log = self._logs.get(check.key)
@@ -139,6 +149,11 @@ class MemoryStore:
         return False, 0.0, CheckOutcome(0, 0.0, _LEASE_RETRY)
 
     async def adjust(
+        self, checks: Sequence[Adjustable], deltas: Sequence[int], at: float | None = None
+    ) -> None:
+        self.adjust_now(checks, deltas, at)
+
+    def adjust_now(
         self, checks: Sequence[Adjustable], deltas: Sequence[int], at: float | None = None
     ) -> None:
         """``at``: when the request was admitted (wall clock), for calendar counters: a
@@ -166,10 +181,15 @@ class MemoryStore:
     async def settle(
         self, reservation: ReservationCheck, checks: Sequence[Adjustable], deltas: Sequence[int]
     ) -> bool:
+        return self.settle_now(reservation, checks, deltas)
+
+    def settle_now(
+        self, reservation: ReservationCheck, checks: Sequence[Adjustable], deltas: Sequence[int]
+    ) -> bool:
         held = self._reservations.pop(reservation.member, None)
         if held is None:
             return False
-        await self.adjust(checks, deltas, at=held[1])
+        self.adjust_now(checks, deltas, at=held[1])
         return True
 
     async def reap(self, limit: int = 1000) -> list[str]:
