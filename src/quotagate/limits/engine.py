@@ -110,8 +110,8 @@ class LimitEngine:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.remote = not isinstance(store, MemoryStore)
-        self._memory = store if isinstance(store, MemoryStore) else None  # called directly
+        # The in-process store is called directly: no deadline, breaker or histogram.
+        self._memory = store if isinstance(store, MemoryStore) else None
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
         self._clock = clock
         self._local = MemoryStore(clock)
@@ -194,8 +194,8 @@ class LimitEngine:
     async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None:
         """Settle reserved amounts (refund or charge). Off the response path; when the
         store cannot take it the correction is counted and dropped."""
-        if not self.remote:
-            await self.store.adjust(checks, deltas)
+        if self._memory is not None:
+            self._memory.adjust_now(checks, deltas)
             return
         try:
             async with asyncio.timeout(self.settings.timeout * 4):

@@ -39,6 +39,7 @@ class RequestContext:
         "plan",
         "price",
         "principal",
+        "priority",
         "probe",
         "prompt_estimate",
         "receive",
@@ -101,6 +102,7 @@ class RequestContext:
         # its probe ticket when that slot is a half-open circuit's probe (else 0).
         self.held: Target | None = None
         self.probe = 0
+        self.priority = 0  # the plan's (shaping), worked out by shape; sent upstream
         self.capped = False  # counted by the gateway-wide in-flight cap
         self.traffic_class = ""  # x-quotagate-class: interactive (default) or batch
         # No deployment could take it, but a kept answer might (after the limits).

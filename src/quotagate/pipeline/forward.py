@@ -20,7 +20,6 @@ from quotagate.budget.idempotency import MAX_KEPT
 from quotagate.errors import GatewayError, NoDeployment, UpstreamError
 from quotagate.observability.metrics import UPSTREAM_RETRIES
 from quotagate.pipeline.context import Headers, RequestContext
-from quotagate.pipeline.shape import priority_of
 from quotagate.pipeline.stage import Answered, PolicySource
 from quotagate.routing.cache import ResponseCache
 from quotagate.routing.catalog import Target
@@ -185,7 +184,7 @@ class Forward:
         headers = dict(target.headers)
         headers["x-request-id"] = ctx.request_id
         # The backend may schedule by these: the plan's priority, the traffic class.
-        headers["x-quotagate-priority"] = str(priority_of(ctx))
+        headers["x-quotagate-priority"] = str(ctx.priority)
         headers["x-quotagate-class"] = ctx.traffic_class or "interactive"
         if ctx.traceparent:  # W3C trace context: the client's, or this gateway's span
             headers["traceparent"] = ctx.traceparent

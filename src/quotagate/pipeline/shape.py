@@ -36,7 +36,7 @@ class Shape:
         assert target is not None, "shape runs after route"
         health = target.health
         gate = health.gate
-        priority = priority_of(ctx)
+        priority = ctx.priority = priority_of(ctx)
         if health.state is not CLOSED:
             return  # half open (or opened since routing): forward takes a probe or goes on
         if not gate.queued and not gate.full_for(priority):  # the common case: a free slot

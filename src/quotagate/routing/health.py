@@ -197,7 +197,6 @@ class DeploymentHealth:
         BREAKER_TRANSITIONS.labels(self.model, self.name, state).inc()
 
     def _count(self, ok: bool) -> None:
-        self.outcomes.window = self.config.window  # a reload may change it
         self.outcomes.add(0 if ok else 1)
 
     def detail(self) -> dict[str, object]:
@@ -240,6 +239,7 @@ class HealthRegistry:
             health = DeploymentHealth(model, name, region, self.config, self.clock)
             self._states[(model, name)] = health
         health.config, health.region = self.config, region
+        health.outcomes.window = self.config.window  # a reload may change it
         reserve = self.reserve
         health.gate.reserved = reserve.slots if reserve is not None else 0
         health.gate.reserved_for = reserve.priority if reserve is not None else 0
