@@ -26,10 +26,9 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from harness import Gateway, policy, start_mock  # noqa: E402
-from report import write_results  # noqa: E402
+from report import record_section  # noqa: E402
 from spike import ADMIN_TOKEN, issue_keys  # noqa: E402
 
-MARKERS = ("<!-- bench:adaptive:start -->", "<!-- bench:adaptive:end -->")
 MODEL = "gpt-3.5-turbo"
 
 
@@ -151,9 +150,9 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if args.write:
-        write_results(
-            REPO / "bench" / "RESULTS.md", ".venv/bin/python bench/adaptive.py --write", body,
-            REPO, markers=MARKERS, title="Adaptive concurrency and the batch queue",
+        record_section(
+            "adaptive", "Adaptive concurrency and the batch queue",
+            ".venv/bin/python bench/adaptive.py --write", body,
         )  # fmt: skip
 
 

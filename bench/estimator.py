@@ -37,8 +37,6 @@ from quotagate.mock_llm.generation import generate_deltas  # noqa: E402
 from quotagate.mock_llm.tokenizer import count_tokens  # noqa: E402
 from tiktoken_files import seed  # noqa: E402
 
-MARKERS = ("<!-- bench:estimator:start -->", "<!-- bench:estimator:end -->")
-
 # Hand-written, a few sentences each: kinds the repository has little of.
 OTHER_LANGUAGES = [
     "Der Gateway prüft jede Anfrage gegen das Kontingent des Mandanten, bevor er sie weiterleitet.",
@@ -129,11 +127,11 @@ def main() -> None:
     print(body)
     if args.write:
         sys.path.insert(0, str(REPO / "bench"))
-        from report import write_results
+        from report import record_section
 
-        write_results(
-            REPO / "bench" / "RESULTS.md", ".venv/bin/python bench/estimator.py --write", body,
-            REPO, markers=MARKERS, title="Prompt estimators against upstream token counts",
+        record_section(
+            "estimator", "Prompt estimators against upstream token counts",
+            ".venv/bin/python bench/estimator.py --write", body,
         )  # fmt: skip
 
 

@@ -17,10 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from report import write_results  # noqa: E402
+from report import record_section  # noqa: E402
 from spike import CAPACITY, SERVICE_MS, run_spike  # noqa: E402
-
-MARKERS = ("<!-- bench:flood:start -->", "<!-- bench:flood:end -->")
 
 
 def main() -> None:
@@ -65,10 +63,9 @@ def main() -> None:
     ])  # fmt: skip
     print(body)
     if args.write:
-        write_results(
-            REPO / "bench" / "RESULTS.md",
-            f".venv/bin/python bench/flood.py --seconds {args.seconds:g} --write", body, REPO,
-            markers=MARKERS, title="Spike: enterprise beside a 10x flood",
+        record_section(
+            "flood", "Spike: enterprise beside a 10x flood",
+            f".venv/bin/python bench/flood.py --seconds {args.seconds:g} --write", body,
         )  # fmt: skip
 
 

@@ -33,7 +33,7 @@ import yaml
 from cpu import LOAD_CORE, PROXY_CORE, wait_for_quiet
 from loadgen import Load, Run, require_tools, run_wrk
 from processes import Child, check_answers, free_port, start_child
-from report import write_results
+from report import record_section
 from run import BODY, CHAT, QUOTAGATE, command_line, policy, say
 
 MODES = {  # name → (accounting, access log, per-request metrics, tracing)
@@ -201,11 +201,10 @@ def main() -> None:
     print(body)
     if args.write:
         db = "sqlite" if args.database == "sqlite" else "postgresql"
-        repo = Path(__file__).resolve().parent.parent
-        write_results(
-            repo / "bench" / "RESULTS.md", command_line(), body, repo,
-            markers=(f"<!-- bench:modes-{db}:start -->", f"<!-- bench:modes-{db}:end -->"),
-            title=f"Modes ({db} ledger): accounting and access log, gateway against gateway",
+        record_section(
+            f"modes-{db}",
+            f"Modes ({db} ledger): accounting and access log, gateway against gateway",
+            command_line(), body,
         )  # fmt: skip
 
 

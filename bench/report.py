@@ -162,6 +162,14 @@ def git_commit(repo: Path) -> str:
     return commit + (" + uncommitted changes" if git("status", "--porcelain", "--", "src") else "")
 
 
+def record_section(section: str, title: str, command: str, body: str) -> None:
+    """Keep ``body`` as the ``section`` part of bench/RESULTS.md, between
+    ``<!-- bench:<section>:start -->`` and ``<!-- bench:<section>:end -->``."""
+    repo = Path(__file__).resolve().parent.parent
+    markers = (f"<!-- bench:{section}:start -->", f"<!-- bench:{section}:end -->")
+    write_results(repo / "bench" / "RESULTS.md", command, body, repo, markers, title)
+
+
 def write_results(
     path: Path, command: str, body: str, repo: Path,
     markers: tuple[str, str] = (RESULTS_START, RESULTS_END), title: str = "Latest run",
