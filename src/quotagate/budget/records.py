@@ -24,26 +24,26 @@ def request_record(
     status = _STATUS.get(ctx.decision)
     if status is None:
         status = "denied" if 400 <= ctx.status < 500 else "error"
-    return LedgerRecord(
-        request_id=ctx.record_id,
-        created_at=datetime.fromtimestamp(ctx.started_at, UTC),
-        tenant_id=p.tenant_id,
-        key_id=p.key_id,
-        user_id=p.user,
-        model=ctx.model or None,
-        deployment=ctx.target.base_url if ctx.target is not None else None,
-        endpoint=ctx.endpoint.name,
-        status=status,
-        http_status=ctx.status,
-        denial_reason=ctx.denial,
-        stream=ctx.stream,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cost_micros=micros,
-        reserved_tokens=ctx.reserved_tokens,
-        reserved_micros=ctx.reserved_micros,
-        duration_ms=round((ended - started) * 1000, 3),
-        ttfb_ms=round((ctx.ttfb - started) * 1000, 3) if ctx.ttfb else None,
+    return LedgerRecord(  # positional, in field order: kwargs cost more per request
+        ctx.record_id,
+        datetime.fromtimestamp(ctx.started_at, UTC),
+        ctx.endpoint.name,
+        status,
+        ctx.status,
+        p.tenant_id,
+        p.key_id,
+        p.user,
+        ctx.model or None,
+        ctx.target.base_url if ctx.target is not None else None,
+        ctx.denial,
+        ctx.stream,
+        prompt,
+        completion,
+        micros,
+        ctx.reserved_tokens,
+        ctx.reserved_micros,
+        round((ended - started) * 1000, 3),
+        round((ctx.ttfb - started) * 1000, 3) if ctx.ttfb else None,
     )
 
 

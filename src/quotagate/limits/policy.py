@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -19,6 +19,7 @@ from quotagate.limits.calendar import Period, candidate_periods, previous_start
 from quotagate.store.base import Check, CounterCheck, LeaseCheck, RateCheck, WindowCheck
 
 _TENANT_SCOPES = frozenset({"tenant", "key", "user"})
+_MAX_KEYS = 10_000  # remembered counter keys per limit (cleared when full)
 
 
 class ScopeValues(NamedTuple):
@@ -78,9 +79,22 @@ class CompiledLimit:
     degrade: str = "reject"  # reject | clamp | fallback
     fallback: str | None = None
     resource: str | None = None  # "budget" or "tokens": what tenant credits raise
+    # (tenant, scope value) → counter key, for single tenant/key/user scopes.
+    _keys: dict[tuple[str, str], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def counter_key(self, values: ScopeValues) -> str:
         scopes = self.scopes
+        if len(scopes) == 1 and self.tenant_tagged:  # a caller's own: seen again and again
+            parts = values.get(scopes[0])
+            memo = (values.tenant, parts)
+            key = self._keys.get(memo)
+            if key is None:
+                if len(self._keys) >= _MAX_KEYS:
+                    self._keys.clear()
+                key = self._keys[memo] = f"rl:{{t:{values.tenant}}}:{self.name}:{parts}"
+            return key
         parts = values.get(scopes[0]) if len(scopes) == 1 else ":".join(map(values.get, scopes))
         tag = f"{{t:{values.tenant}}}" if self.tenant_tagged else f"{{{parts}}}"
         return f"rl:{tag}:{self.name}:{parts}"
@@ -110,7 +124,7 @@ class CompiledLimit:
             key = f"{key}:x{round(factor * 1000)}"
             amount = max(1, round(amount * factor))
             capacity, interval = max(1, round(capacity * factor)), interval / factor
-        periods = self.calendar if self.period is None else calendar_for(self.period, *zone)
+        periods = self.calendar if self.period is None else calendar_for(self.period, zone)
         if periods is not None:
             prev, start, end, next_end = periods.current()
             return CounterCheck(key, amount, cost, 0.0, start, end, next_end, prev)
@@ -121,6 +135,16 @@ class CompiledLimit:
         if self.algorithm == "fixed_window":
             return CounterCheck(key, amount, cost, self.window)
         return RateCheck(key, interval, capacity, cost)
+
+    def quota_check(
+        self, values: ScopeValues, cost: int, zone: Zone, amount: int | None = None
+    ) -> CounterCheck:
+        """A quota's check (kind ``quota``: always a calendar counter in the tenant's
+        ``zone``): ``check`` without the branches it never takes."""
+        assert self.period is not None, "quotas have calendar periods"
+        prev, start, end, next_end = calendar_for(self.period, zone).current()
+        limit = self.amount if amount is None else amount
+        return CounterCheck(self.counter_key(values), limit, cost, 0.0, start, end, next_end, prev)
 
 
 class CalendarPeriods:
@@ -146,14 +170,16 @@ class CalendarPeriods:
 
 
 Zone = tuple[str, int]  # a tenant's time zone and billing day
-_PERIODS: dict[tuple[str, str, int], CalendarPeriods] = {}
+# period → zone → tracker: keyed by the tenant's own zone tuple, no tuple made per call.
+_PERIODS: dict[str, dict[Zone, CalendarPeriods]] = {"day": {}, "week": {}, "month": {}}
 
 
-def calendar_for(period: Period, tz: str, anchor: int) -> CalendarPeriods:
+def calendar_for(period: Period, zone: Zone) -> CalendarPeriods:
     """The shared period tracker of one (period, zone, billing day): few per gateway."""
-    found = _PERIODS.get((period, tz, anchor))
+    by_zone = _PERIODS[period]
+    found = by_zone.get(zone)
     if found is None:
-        found = _PERIODS[(period, tz, anchor)] = CalendarPeriods(period, tz, anchor)
+        found = by_zone[zone] = CalendarPeriods(period, *zone)
     return found
 
 

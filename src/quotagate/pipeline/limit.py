@@ -140,7 +140,7 @@ class Limit:
             ctx.leases = [c for c in checks if isinstance(c, LeaseCheck)]
         if limits.metered:
             ctx.reservation = checks[-1]  # type: ignore[assignment]
-            ctx.settle_checks = [checks[i] for i in limits.settled]  # type: ignore[misc]
+            ctx.settle_checks = limits.settle_picks(checks)
             ctx.settle_units = limits.settled_units
 
     def _feedback(
@@ -153,10 +153,12 @@ class Limit:
     ) -> None:
         n, count = limits.rates, len(limits.limits)
         quotas = limits.limits[n:count]
-        counters = [c for c in checks[n:count] if isinstance(c, CounterCheck)]
+        counters: Sequence[CounterCheck] = checks[n:count]  # type: ignore[assignment]
         outcomes = admission.outcomes[n:count]
-        ctx.response_headers.extend(quota_headers(limits.quota_groups, counters, outcomes))
+        ctx.response_headers += quota_headers(limits.quota_groups, counters, outcomes)
         for limit, check, outcome in zip(quotas, counters, outcomes, strict=True):
+            if not limit.alerts:
+                continue
             reached = crossed(limit, check, outcome)
             if reached is None:
                 continue
@@ -237,7 +239,7 @@ def _check(
         return limit.check(values, unique, cost)
     grant = p.grants.get(limit.resource) if p.grants and limit.resource else None
     amount = grant.apply(limit.amount) if grant is not None else None
-    return limit.check(values, unique, cost, p.zone, amount)
+    return limit.quota_check(values, cost, p.zone, amount)
 
 
 def _rate_headers(

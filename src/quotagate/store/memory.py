@@ -119,11 +119,15 @@ class MemoryStore:
     def _counter(
         self, check: CounterCheck, now: float
     ) -> tuple[bool, tuple[float, float], CheckOutcome]:
-        start, end = self._bounds(check, now)
-        used = self._used(check.key, start)
-        if used + check.cost <= check.limit:
-            outcome = CheckOutcome(check.limit - used - check.cost, end - now, 0.0)
-            return True, (start, end), outcome
+        if check.start <= now < check.end:  # a calendar period's inside (_bounds)
+            start, end = check.start, check.end
+        else:
+            start, end = self._bounds(check, now)
+        held = self._counters.get(check.key)
+        used = held[1] if held is not None and held[0] == start else 0
+        left = check.limit - used - check.cost
+        if left >= 0:
+            return True, (start, end), CheckOutcome(left, end - now, 0.0)
         return False, (start, end), CheckOutcome(max(0, check.limit - used), end - now, end - now)
 
     def _window(self, check: WindowCheck, now: float) -> tuple[bool, float, CheckOutcome]:
@@ -160,15 +164,20 @@ class MemoryStore:
         correction goes to the period it was charged in, or nowhere if that has ended."""
         now = self._clock()
         admitted = self._wall() if at is None else at
+        counters = self._counters
         for check, delta in zip(checks, deltas, strict=True):
-            if isinstance(check, CounterCheck):
-                held = self._counters.get(check.key)
-                charged = held is not None and (
-                    check.window or held[0] == self._bounds(check, admitted)[0]
-                )
-                if held is not None and charged:
-                    self._counters[check.key] = (held[0], max(0, held[1] + delta), held[2])
+            if type(check) is CounterCheck:
+                held = counters.get(check.key)
+                if held is None:
+                    continue
+                if check.window or (
+                    held[0] == check.start
+                    if check.start <= admitted < check.end
+                    else held[0] == self._bounds(check, admitted)[0]
+                ):
+                    counters[check.key] = (held[0], max(0, held[1] + delta), held[2])
                 continue
+            assert isinstance(check, RateCheck)
             tat = self._tats.get(check.key)
             if tat is None and delta <= 0:
                 continue

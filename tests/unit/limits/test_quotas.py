@@ -83,11 +83,16 @@ def test_a_quota_keyed_by_user_is_tagged_by_tenant() -> None:
     assert limit.counter_key(VALUES) == "rl:{t:t1}:p.user-tokens-month:u1"
 
 
-def test_a_quota_check_uses_the_tenant_zone_and_the_credited_amount() -> None:
+@pytest.mark.parametrize("how", ["check", "quota_check"])
+def test_a_quota_check_uses_the_tenant_zone_and_the_credited_amount(how: str) -> None:
+    """``quota_check`` is the request path's shortcut for ``check``: the same check."""
     limit = compile_quota(quota(tokens=1000, per="month"), "p.")
     zone = ("Europe/Berlin", 15)
     before = candidate_periods(time.time(), "month", ZoneInfo("Europe/Berlin"), 15)
-    check = limit.check(VALUES, "id", 40, zone=zone, amount=1500)
+    if how == "check":
+        check = limit.check(VALUES, "id", 40, zone=zone, amount=1500)
+    else:
+        check = limit.quota_check(VALUES, 40, zone, 1500)
     after = candidate_periods(time.time(), "month", ZoneInfo("Europe/Berlin"), 15)
     assert isinstance(check, CounterCheck)
     assert (check.limit, check.cost, check.window) == (1500, 40, 0.0)
@@ -168,6 +173,19 @@ def test_a_model_quota_applies_to_its_model_only(snapshot: Snapshot) -> None:
     assert gpt4.rates == gpt35.rates == 2  # rates first: the RateLimit headers
     assert gpt4.metered and gpt4.has_quotas
     assert paid.limits_for("not-in-the-catalog").limits == gpt35.limits
+
+
+def test_settlement_picks_the_token_and_money_counters(snapshot: Snapshot) -> None:
+    """What settlement adjusts, picked from a request's checks by position: every token
+    or money counter (none, one or several), never a request counter."""
+    checks = [f"check-{i}" for i in range(5)]
+    paid, free = snapshot.plans["paid"], snapshot.plans["free"]
+    gpt4 = paid.limits_for("gpt-4")
+    assert gpt4.settled == (1, 2, 3, 4)
+    assert gpt4.settle_picks(checks) == ["check-1", "check-2", "check-3", "check-4"]
+    assert free.limits_for("gpt-3.5-turbo").settle_picks(checks) == ["check-1"]
+    plain = snapshot.plans["plain"].limits_for("gpt-4")
+    assert plain.settle_picks(checks) == []
 
 
 def test_plan_settings_for_quotas_are_compiled(snapshot: Snapshot) -> None:
