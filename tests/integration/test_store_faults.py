@@ -262,9 +262,13 @@ async def kill_mid_traffic(gw: Gateway, redis: RedisServer, keys: Keys) -> Outag
     assert redis.proc is not None
     limits = httpx.Limits(max_connections=WORKERS + 2)
     async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+        # Scraped before the traffic, not between it and the kill: that scrape could let
+        # the stream use up its 50 requests first, and a refusal known before the outage
+        # is then answered 429 from the negative cache, never reaching the dead store.
+        at_kill = await asyncio.to_thread(durations, gw)
         async with Stream(client, gw.base_url, keys.stream) as stream:
             await wait_until(lambda: len(stream.replies) >= WORKERS, "traffic before the kill")
-            at_kill = await asyncio.to_thread(durations, gw)
+            assert all(r.status == 200 for r in stream.replies), "the key ran out before the kill"
             redis.proc.kill()
             redis.proc.wait()
             killed = time.monotonic()
