@@ -81,10 +81,9 @@ def quota_headers(
             i = min(members, key=lambda j: outcomes[j].remaining)
         limit_name, remaining_name, reset_name = _NAMES[unit]
         outcome = outcomes[i]
-        left = outcome.remaining
         headers += (
             (limit_name, _amount_bytes(unit, checks[i].limit)),
-            (remaining_name, format_money(left).encode() if unit == "micros" else b"%d" % left),
+            (remaining_name, _amount(unit, outcome.remaining).encode()),
             (reset_name, _iso_bytes(round(now + outcome.reset_after))),
         )
     return headers

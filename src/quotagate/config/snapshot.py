@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 
 from quotagate.budget.estimate import Estimator, estimator_of
 from quotagate.budget.feedback import quota_groups
@@ -15,15 +14,6 @@ from quotagate.limits.quotas import compile_quota
 from quotagate.routing.catalog import ModelRoute, build_catalog
 from quotagate.routing.health import HealthRegistry
 from quotagate.store.base import Adjustable, Check
-
-
-def _picker(positions: tuple[int, ...]) -> Callable[[Sequence[Check]], list[Adjustable]]:
-    if not positions:
-        return lambda checks: []
-    pick = itemgetter(*positions)
-    if len(positions) == 1:
-        return lambda checks: [pick(checks)]
-    return lambda checks: list(pick(checks))
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,8 +32,6 @@ class LimitSet:
     settled_units: tuple[str, ...]
     # The quotas' positions (after the rates) by unit, for their response headers.
     quota_groups: tuple[tuple[str, tuple[int, ...]], ...]
-    # A request's checks → the list of its settled ones (``settled``), in one call.
-    settle_picks: Callable[[Sequence[Check]], list[Adjustable]]
 
     @classmethod
     def of(cls, rates: tuple[CompiledLimit, ...], quotas: Iterable[CompiledLimit]) -> LimitSet:
@@ -63,8 +51,11 @@ class LimitSet:
             settled,
             tuple(limits[i].unit for i in settled),
             quota_groups(limits[len(rates) :]),
-            _picker(settled),
         )
+
+    def settled_checks(self, checks: Sequence[Check]) -> list[Adjustable]:
+        """A request's checks (in this set's order) that settlement adjusts."""
+        return [checks[i] for i in self.settled]  # type: ignore[misc]
 
 
 @dataclass(slots=True, frozen=True)

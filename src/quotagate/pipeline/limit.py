@@ -140,7 +140,7 @@ class Limit:
             ctx.leases = [c for c in checks if isinstance(c, LeaseCheck)]
         if limits.metered:
             ctx.reservation = checks[-1]  # type: ignore[assignment]
-            ctx.settle_checks = limits.settle_picks(checks)
+            ctx.settle_checks = limits.settled_checks(checks)
             ctx.settle_units = limits.settled_units
 
     def _feedback(
@@ -157,8 +157,6 @@ class Limit:
         outcomes = admission.outcomes[n:count]
         ctx.response_headers += quota_headers(limits.quota_groups, counters, outcomes)
         for limit, check, outcome in zip(quotas, counters, outcomes, strict=True):
-            if not limit.alerts:
-                continue
             reached = crossed(limit, check, outcome)
             if reached is None:
                 continue

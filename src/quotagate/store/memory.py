@@ -119,12 +119,8 @@ class MemoryStore:
     def _counter(
         self, check: CounterCheck, now: float
     ) -> tuple[bool, tuple[float, float], CheckOutcome]:
-        if check.start <= now < check.end:  # a calendar period's inside (_bounds)
-            start, end = check.start, check.end
-        else:
-            start, end = self._bounds(check, now)
-        held = self._counters.get(check.key)
-        used = held[1] if held is not None and held[0] == start else 0
+        start, end = self._bounds(check, now)
+        used = self._used(check.key, start)
         left = check.limit - used - check.cost
         if left >= 0:
             return True, (start, end), CheckOutcome(left, end - now, 0.0)
@@ -170,11 +166,7 @@ class MemoryStore:
                 held = counters.get(check.key)
                 if held is None:
                     continue
-                if check.window or (
-                    held[0] == check.start
-                    if check.start <= admitted < check.end
-                    else held[0] == self._bounds(check, admitted)[0]
-                ):
+                if check.window or held[0] == self._bounds(check, admitted)[0]:
                     counters[check.key] = (held[0], max(0, held[1] + delta), held[2])
                 continue
             assert isinstance(check, RateCheck)

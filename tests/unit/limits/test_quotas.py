@@ -182,10 +182,10 @@ def test_settlement_picks_the_token_and_money_counters(snapshot: Snapshot) -> No
     paid, free = snapshot.plans["paid"], snapshot.plans["free"]
     gpt4 = paid.limits_for("gpt-4")
     assert gpt4.settled == (1, 2, 3, 4)
-    assert gpt4.settle_picks(checks) == ["check-1", "check-2", "check-3", "check-4"]
-    assert free.limits_for("gpt-3.5-turbo").settle_picks(checks) == ["check-1"]
+    assert gpt4.settled_checks(checks) == ["check-1", "check-2", "check-3", "check-4"]
+    assert free.limits_for("gpt-3.5-turbo").settled_checks(checks) == ["check-1"]
     plain = snapshot.plans["plain"].limits_for("gpt-4")
-    assert plain.settle_picks(checks) == []
+    assert plain.settled_checks(checks) == []
 
 
 def test_plan_settings_for_quotas_are_compiled(snapshot: Snapshot) -> None:
