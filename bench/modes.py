@@ -11,7 +11,9 @@ machine getting busier or quieter shifts all of them alike:
   access log off / on (issue #7: at most 10% lost with it on).
 
 Each mode keeps its best round (noise on a shared machine only ever costs req/s).
-Proxy on core 0, mock LLM and wrk on core 1, as in ``bench/run.py``.
+Proxy on core 0, mock LLM and wrk on core 1, as in ``bench/run.py``. For each round the
+gateway's CPU per request is read from /proc over the measured run, split between its
+main thread (the event loop) and its other threads (the ledger's SQLite connections).
 
     .venv/bin/python bench/modes.py [--rounds 3] [--duration 8] [--write]
 """
@@ -47,7 +49,8 @@ MODES = {  # name → (accounting, access log, per-request metrics, tracing)
 TARGETS = (("budget", "off", 0.15, "#4: reservation, settlement and ledger"),
            ("log-on", "unobserved", 0.10, "#7: metrics and access log on vs both off"),
            ("traced", "log-on", None, "#7: tracing on vs off (no exporter)"),
-           ("log-on", "log-off", None, "the access log alone"))  # fmt: skip
+           ("log-on", "log-off", None, "the access log alone"),
+           ("log-off", "off", None, "the ledger alone (log-off: off plus the ledger)"))  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,6 +76,8 @@ class Modes:
     def __init__(self, tmp: Path, args: argparse.Namespace, stack: ExitStack) -> None:
         self.tmp, self.args, self.stack = tmp, args, stack
         self.env = {**os.environ, "QUOTAGATE_SECRET": secrets.token_urlsafe(24)}
+        # mode → per round: the gateway's CPU µs a request (main thread, other threads)
+        self.cpu: dict[str, list[tuple[float, float]]] = {}
 
     def start(self, name: str, core: int, cmd: list[str], port: int, env: dict[str, str]) -> Child:
         child = start_child(
@@ -123,6 +128,7 @@ class Modes:
         mock = self.start("mock", LOAD_CORE, mock_cmd, port, self.env)
         upstream = mock.base_url + "/v1"
         runs: dict[str, list[Run]] = {m: [] for m in modes}
+        self.cpu = {m: [] for m in modes}
         for round_ in range(self.args.rounds):
             for mode in modes if round_ % 2 == 0 else reversed(modes):
                 gateway, load = self.gateway(mode, upstream, round_)
@@ -133,9 +139,17 @@ class Modes:
                 }
                 check_answers(mode, url, BODY.encode(), headers)
                 run_wrk(url, load, self.args.connections, self.args.warmup)
+                main, other = gateway.thread_cpu_seconds()
                 result = run_wrk(url, load, self.args.connections, self.args.duration)
-                say(f"round {round_ + 1} {mode}: {result.rps:,.0f} req/s")
+                main_after, other_after = gateway.thread_cpu_seconds()
+                per_request = 1e6 / max(1, result.requests)
+                cpu = ((main_after - main) * per_request, (other_after - other) * per_request)
+                say(
+                    f"round {round_ + 1} {mode}: {result.rps:,.0f} req/s, CPU µs a request: "
+                    f"{cpu[0]:.1f} main thread + {cpu[1]:.1f} other threads"
+                )
                 runs[mode].append(result)
+                self.cpu[mode].append(cpu)
                 gateway.stop()
         return runs
 
@@ -155,7 +169,9 @@ def drop_schema(url: str, schema: str) -> None:
     asyncio.run(drop())
 
 
-def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> str:
+def report(
+    runs: dict[str, list[Run]], cpu: dict[str, list[tuple[float, float]]], args: argparse.Namespace
+) -> str:
     best = {m: max((r.rps for r in rs if r.valid), default=0.0) for m, rs in runs.items()}
     lines = [
         f"wrk -c{args.connections} -d{args.duration:g}s after {args.warmup:g}s warm-up; "
@@ -163,12 +179,17 @@ def report(runs: dict[str, list[Run]], args: argparse.Namespace) -> str:
         f"{PROXY_CORE}, memory store, {'SQLite' if args.database == 'sqlite' else 'PostgreSQL'} "
         f"ledger; mock LLM and wrk on core {LOAD_CORE}.",
         "",
-        "| mode | best req/s | every round |",
-        "|---|---:|---|",
+        "| mode | best req/s | every round | CPU µs a request, main + other threads (median) |",
+        "|---|---:|---|---|",
     ]
     for mode, rs in runs.items():
         rounds = ", ".join(f"{r.rps:,.0f}" for r in rs)
-        lines.append(f"| {mode} | {best[mode]:,.0f} | {rounds} |")
+        main = statistics.median(c[0] for c in cpu[mode])
+        other = statistics.median(c[1] for c in cpu[mode])
+        lines.append(
+            f"| {mode} | {best[mode]:,.0f} | {rounds} | {main:.1f} + {other:.1f} = "
+            f"{main + other:.1f} |"
+        )
     lines += ["", "**Targets:**", ""]
     for mode, base, limit, what in TARGETS:
         if mode in best and base in best and best[base]:
@@ -196,8 +217,9 @@ def main() -> None:
     if args.wait_quiet:
         wait_for_quiet(args.wait_quiet)
     with tempfile.TemporaryDirectory(prefix="qg-modes-") as tmp, ExitStack() as stack:
-        runs = Modes(Path(tmp), args, stack).run(modes)
-    body = report(runs, args)
+        bench = Modes(Path(tmp), args, stack)
+        runs = bench.run(modes)
+    body = report(runs, bench.cpu, args)
     print(body)
     if args.write:
         db = "sqlite" if args.database == "sqlite" else "postgresql"

@@ -21,6 +21,15 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _cpu(stat: Path) -> float:
+    """utime + stime of a /proc stat file, in seconds (0 once it is gone)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -42,11 +51,21 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time so far, from /proc (0 once the process is gone)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+        return _cpu(Path(f"/proc/{self.proc.pid}/stat"))
+
+    def thread_cpu_seconds(self) -> tuple[float, float]:
+        """CPU time so far of the main thread (the event loop) and of all other threads
+        together (the ledger's database threads, for one), from /proc."""
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        main = other = 0.0
+        with suppress(OSError):
+            for task in tasks.iterdir():
+                seconds = _cpu(task / "stat")
+                if task.name == str(self.proc.pid):
+                    main += seconds
+                else:
+                    other += seconds
+        return main, other
 
     def log_tail(self, chars: int = 3000) -> str:
         with suppress(OSError):
