@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -68,13 +68,27 @@ def _engine(url: str, schema: str | None) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        return create_async_engine(url)
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
     args: dict[str, Any] = {}
     if schema:
         if not _SCHEMA_NAME.match(schema):
             raise DatabaseError(f"invalid schema name {schema!r}")
         args["server_settings"] = {"search_path": schema}
     return create_async_engine(url, connect_args=args, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    """Write-ahead logging, so that readers (``quotagate usage``, reconcile, the admin
+    API) neither block the ledger's writes nor wait for them: under the default rollback
+    journal, a report's open read held every commit back until it ended or the busy
+    timeout failed the batch (spooled, replayed later). ``synchronous=FULL`` keeps each
+    commit durable across a power loss, as before (the log is fsync'ed per commit)."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
 
 
 @dataclass(slots=True, frozen=True)

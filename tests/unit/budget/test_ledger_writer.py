@@ -349,6 +349,35 @@ async def table_locked(db: Database) -> AsyncIterator[None]:
             await conn.rollback()
 
 
+async def test_an_open_read_does_not_hold_back_the_writes_on_sqlite(
+    tmp_path: Path, spool: Path
+) -> None:
+    """A long report (``quotagate usage`` on a big ledger) reads while the gateway
+    writes. On SQLite that needs write-ahead logging: under a rollback journal the
+    commit waits for the reader's lock until the write times out and is spooled.
+    (PostgreSQL readers never block writers.)"""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/qg.db")
+    await db.create_schema()
+    reader = sqlite3.connect(str(db.engine.url.database), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM qg_ledger").fetchone() == (0,)
+        writer = LedgerWriter(db.engine, spool, batch_size=10, flush_interval=0.02, write_timeout=2)
+        await writer.start()
+        for rec in records("w", 25):
+            writer.submit(rec)
+        await eventually(lambda: writer.stats.written == 25, timeout=1.5)
+        # The reader's snapshot is its own: it still sees the table as it began.
+        assert reader.execute("SELECT count(*) FROM qg_ledger").fetchone() == (0,)
+        reader.execute("COMMIT")
+        await writer.close()
+    finally:
+        reader.close()
+    assert writer.stats.spooled == 0 and list(spool.glob(SPOOL_GLOB)) == []
+    assert sorted(await stored_ids(db.engine)) == [r.request_id for r in records("w", 25)]
+    await db.close()
+
+
 async def test_what_close_cannot_write_in_time_is_spooled(db: Database, spool: Path) -> None:
     writer = LedgerWriter(db.engine, spool, batch_size=10, flush_interval=0.02, write_timeout=30)
     await writer.start()
