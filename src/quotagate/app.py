@@ -276,7 +276,8 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     # The guards are stages only when configured (a change takes effect on restart):
     # off, they cost nothing per request.
     shaping = gw.snapshot.policy.shaping
-    guard: list[Stage] = [AdmitIp(gw)] if shaping.ip_guard is not None else []
+    admit_ip = AdmitIp(gw) if shaping.ip_guard is not None else None  # the token endpoint's too
+    guard: list[Stage] = [admit_ip] if admit_ip is not None else []
     capped: list[Stage] = [cap] if shaping.max_in_flight is not None else []
     stages: list[Stage] = gw.observer.wrap([
         *guard,
@@ -315,7 +316,7 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     models = Pipeline([authenticate, ListModels(gw)], observer=gw.observer)
     endpoints["/v1/models"] = Endpoint("models", "GET", models)
     if (oauth := gw.identity.oauth) is not None:
-        token = Pipeline([TokenEndpoint(oauth)], observer=gw.observer)
+        token = Pipeline([TokenEndpoint(oauth, gw.engine, admit_ip)], observer=gw.observer)
         endpoints["/oauth/token"] = Endpoint("oauth_token", "POST", token)
         endpoints["/.well-known/jwks.json"] = Endpoint(
             "oauth_jwks", "GET", Pipeline([JwksEndpoint(oauth)])

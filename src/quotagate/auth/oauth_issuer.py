@@ -29,11 +29,14 @@ CLAIMS = ClaimPaths(tenant="tenant", user="sub", plan="plan", scopes="scope")
 
 
 class OAuthError(Exception):
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
+    def __init__(
+        self, error: str, description: str, status: int = 400, retry_after: int | None = None
+    ) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
+        self.retry_after = retry_after
 
 
 def invalid_client() -> OAuthError:

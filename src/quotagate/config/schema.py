@@ -176,6 +176,13 @@ class JwtIssuer(Frozen):
         return self
 
 
+class TokenRate(Frozen):
+    """Token requests, whatever their outcome, allowed in `per` (bursts up to `requests`)."""
+
+    requests: int = Field(gt=0)
+    per: Duration = 60.0
+
+
 class OAuthIssuerConfig(Frozen):
     """The built-in OAuth2 issuer (client-credentials grant)."""
 
@@ -185,6 +192,11 @@ class OAuthIssuerConfig(Frozen):
     issuer: str | None = None
     audience: str = "quotagate"
     algorithm: Literal["ES256", "RS256"] = "ES256"
+    # Counted in the limit store (shared by every instance) before the client is looked
+    # up or its secret hashed; beyond either, 429 with Retry-After. A client needs one
+    # token per token_ttl: these only bound guessing and floods of lookups.
+    per_client: TokenRate = TokenRate(requests=60)
+    per_address: TokenRate = TokenRate(requests=120)
 
 
 class AuthConfig(Frozen):

@@ -2,7 +2,10 @@
 ``GET /.well-known/jwks.json`` and ``GET /.well-known/openid-configuration``.
 
 The token endpoint answers in RFC 6749's shapes (``{"error", "error_description"}``,
-``Cache-Control: no-store``), not OpenAI's: its clients are OAuth libraries.
+``Cache-Control: no-store``), not OpenAI's: its clients are OAuth libraries. Before a
+client is looked up or its secret hashed, the request is counted per client id and per
+address in the limit store (``auth.oauth_issuer.per_client``/``per_address``), and
+through the pre-auth address guard when one is configured (``shaping.ip_guard``).
 """
 
 from __future__ import annotations
@@ -10,10 +13,17 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
+import re
 from urllib.parse import parse_qs, unquote_plus
 
 from quotagate.auth.oauth_issuer import OAuthError, OAuthIssuer, invalid_client
-from quotagate.errors import ServiceUnavailable
+from quotagate.config.schema import LimitRule, TokenRate
+from quotagate.errors import IpRefused, ServiceUnavailable
+from quotagate.ids import new_id
+from quotagate.limits.engine import LimitEngine
+from quotagate.limits.policy import CompiledLimit, ScopeValues, compile_limit
+from quotagate.pipeline.admit import AdmitIp
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import read_body
 from quotagate.pipeline.responses import send_json
@@ -22,6 +32,9 @@ log = logging.getLogger(__name__)
 _MAX_FORM = 4096
 _NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
 _FORM = b"application/x-www-form-urlencoded"
+# What a client id can be (ours are ``qgc_`` + hex): anything else is refused before it
+# is looked up or becomes part of a counter's key.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _header(ctx: RequestContext, name: bytes) -> bytes:
@@ -65,11 +78,21 @@ def _credentials(ctx: RequestContext, form: dict[str, str]) -> tuple[str, str]:
     raise invalid_client()
 
 
+def _limit(scope: str, rate: TokenRate) -> CompiledLimit:
+    return compile_limit(LimitRule(scope=scope, requests=rate.requests, per=rate.per), "oauth.")
+
+
 class TokenEndpoint:
     name = "oauth_token"
 
-    def __init__(self, issuer: OAuthIssuer) -> None:
+    def __init__(
+        self, issuer: OAuthIssuer, engine: LimitEngine, guard: AdmitIp | None = None
+    ) -> None:
         self._issuer = issuer
+        self._engine = engine
+        self._guard = guard
+        config = issuer.config  # auth.oauth_issuer applies on restart
+        self._limits = (_limit("key", config.per_client), _limit("ip", config.per_address))
 
     async def __call__(self, ctx: RequestContext) -> None:
         try:
@@ -87,6 +110,9 @@ class TokenEndpoint:
         if not grant_type:
             raise OAuthError("invalid_request", "grant_type is missing.")
         client_id, secret = _credentials(ctx, form)
+        if not _CLIENT_ID.fullmatch(client_id):
+            raise invalid_client()
+        await self._admit(ctx, client_id)
         if grant_type != "client_credentials":
             raise OAuthError("unsupported_grant_type", "Only client_credentials is supported.")
         try:
@@ -98,14 +124,44 @@ class TokenEndpoint:
             raise ServiceUnavailable("Cannot verify the client right now.") from exc
         return self._issuer.issue(client.id, client.tenant_name, client.token_plan)
 
+    async def _admit(self, ctx: RequestContext, client_id: str) -> None:
+        """Count the attempt per address and per client id; 429 beyond either."""
+        if self._guard is not None:
+            try:
+                await self._guard(ctx)
+            except IpRefused as exc:
+                wait = next((int(v) for k, v in exc.headers if k == b"retry-after"), 1)
+                raise _too_many("address", wait) from None
+        values = ScopeValues(client_id, client_id, "", ctx.client_ip, "", self.name)
+        unique = new_id()
+        checks = [limit.check(values, unique) for limit in self._limits]
+        admission = await self._engine.admit(self._limits, checks)
+        if not admission.allowed:
+            what = "client" if admission.denied == 0 else "address"
+            retry_after = admission.outcomes[admission.denied].retry_after
+            log.debug("token request refused: too many for this %s", what)
+            raise _too_many(what, max(1, math.ceil(retry_after)))
+
     @staticmethod
     async def _refuse(ctx: RequestContext, exc: OAuthError) -> None:
-        ctx.decision = "denied_auth"
+        ctx.decision = "rate_limited" if exc.status == 429 else "denied_auth"
         headers = list(_NO_STORE)
         if exc.status == 401:  # RFC 6749 §5.2: invalid_client answers with a challenge
             headers.append((b"www-authenticate", b'Basic realm="quotagate"'))
+        if exc.retry_after is not None:
+            headers.append((b"retry-after", str(exc.retry_after).encode()))
         body = {"error": exc.error, "error_description": exc.description}
         await send_json(ctx, exc.status, body, headers)
+
+
+def _too_many(what: str, wait: int) -> OAuthError:
+    # RFC 6749 names no error for this; "too_many_requests" is what common issuers send.
+    return OAuthError(
+        "too_many_requests",
+        f"Too many token requests for this {what}; retry after {wait} s.",
+        429,
+        retry_after=wait,
+    )
 
 
 class JwksEndpoint:
