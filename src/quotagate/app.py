@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from quotagate.db.repo import Database
 from quotagate.errors import ConfigError, MethodNotAllowed, NotFound
 from quotagate.ids import new_id
 from quotagate.limits.engine import EngineSettings, LimitEngine
+from quotagate.observability.access_log import admin_record
 from quotagate.observability.anomaly import AnomalyResponse, SpendAnomalies
 from quotagate.observability.metrics import RELOADS
 from quotagate.observability.observe import build_observer
@@ -402,11 +404,31 @@ class GatewayApp:
         if scope["type"] == "http":
             server = scope.get("server")
             if self.admin_port is not None and server and server[1] == self.admin_port:
-                await self._admin_app()(scope, receive, send)
+                await self._admin_request(scope, receive, send)
                 return
             await self._http(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _admin_request(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """An admin API request, in the access log when it is on (who did what, from
+        where, with what answer; the audit log keeps what changed)."""
+        access_log = self.gateway.observer.access_log
+        if access_log is None or not scope["path"].startswith("/admin/"):  # not scrapes
+            await self._admin_app()(scope, receive, send)
+            return
+        at, started, status = time.time(), time.perf_counter(), 0
+
+        async def watched(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._admin_app()(scope, receive, watched)
+        finally:
+            access_log.write(admin_record(scope, at, time.perf_counter() - started, status))
 
     def _admin_app(self) -> Any:
         if self._admin is None:  # built on first use: FastAPI costs ~0.3 s to import

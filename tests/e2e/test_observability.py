@@ -143,6 +143,34 @@ def every_header(key: str) -> dict[str, str]:
     }
 
 
+def test_admin_api_requests_are_in_the_access_log_without_their_token(
+    observed: Gateway,
+) -> None:
+    token = str(json.loads(observed.cli("admin-tokens", "create", "auditor", "--json"))["token"])
+    forged = token[:-6] + "forged"
+    with httpx.Client(base_url=observed.admin_url, timeout=10) as admin:
+        ok = admin.get("/admin/v1/tenants", headers={"authorization": f"Bearer {token}"})
+        refused = admin.get("/admin/v1/tenants", headers={"authorization": f"Bearer {forged}"})
+        scraped = admin.get("/metrics")  # scrapes are counted, not logged
+    assert (ok.status_code, refused.status_code, scraped.status_code) == (200, 401, 200)
+    deadline = time.monotonic() + 10
+    while True:
+        entries = [json.loads(line) for line in log_lines(observed)]
+        admin_entries = [e for e in entries if e["endpoint"] == "admin"]
+        if len(admin_entries) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert all(e["path"].startswith("/admin/") for e in admin_entries), admin_entries
+    by_status = {e["status"]: e for e in admin_entries if e["path"] == "/admin/v1/tenants"}
+    assert set(by_status) == {200, 401}, admin_entries
+    assert by_status[200]["actor"] == "token:auditor" and by_status[401]["actor"] is None
+    for entry in by_status.values():
+        assert entry["method"] == "GET" and entry["client_ip"] == "127.0.0.1"
+        assert entry["request_id"].startswith("adm_") and entry["latency_ms"] > 0
+    text = access_log(observed).read_text()
+    assert token not in text and forged not in text and token.split("_")[-1] not in text
+
+
 def test_access_log_has_every_field_and_no_secret(
     observed: Gateway, observed_keys: KeyIssuer, upstream: str
 ) -> None:

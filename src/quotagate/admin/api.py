@@ -156,6 +156,11 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
         return _error(exc.status_code, str(exc.detail), "http_error")
 
     async def actor(request: Request) -> str:
+        name = await verified_actor(request)
+        request.state.admin_actor = name  # for the access log
+        return name
+
+    async def verified_actor(request: Request) -> str:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
         if not token:

@@ -25,12 +25,14 @@ from typing import Any
 
 import orjson
 
+from quotagate.ids import new_id
 from quotagate.pipeline.context import RequestContext
 
 log = logging.getLogger(__name__)
 
 _FLUSH_BYTES = 64 * 1024  # a batch this large is written at once, not on the timer
 _MAX_MODEL = 200  # a client's model name is logged cut to this many characters
+_MAX_PATH = 200  # an admin API path, likewise
 
 
 class AccessLog:
@@ -184,4 +186,22 @@ def access_record(
         "upstream_ms": _ms(upstream) if upstream is not None else None,
         "ttft_ms": _ms(ctx.first_token - ctx.upstream_started) if ctx.first_token else None,
         "overhead_ms": _ms(total - upstream) if upstream is not None else None,
+    }
+
+
+def admin_record(scope: dict[str, Any], at: float, took: float, status: int) -> dict[str, Any]:
+    """The access-log line of an admin API request: method and path (no query string,
+    no header), the answer, and the actor its token named (``admin_actor``, set by the
+    admin API once the token is verified; None when it was refused)."""
+    client = scope.get("client")
+    return {
+        "time": iso_time(at),
+        "request_id": f"adm_{new_id()}",
+        "client_ip": client[0] if client else None,
+        "endpoint": "admin",
+        "method": scope.get("method"),
+        "path": str(scope.get("path", ""))[:_MAX_PATH],
+        "status": status,
+        "actor": scope.get("state", {}).get("admin_actor"),
+        "latency_ms": _ms(took),
     }
