@@ -10,6 +10,7 @@ the status and, for a failed client authentication, a ``WWW-Authenticate`` chall
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -39,6 +40,15 @@ class OAuthError(Exception):
         self.retry_after = retry_after
 
 
+# What a client id can be (ours are ``qgc_`` + hex): anything else is refused before it
+# is looked up, or counted (it would become part of a counter's key).
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def client_id_shaped(client_id: str) -> bool:
+    return _CLIENT_ID.fullmatch(client_id) is not None
+
+
 def invalid_client() -> OAuthError:
     return OAuthError("invalid_client", "Client authentication failed.", 401)
 
@@ -61,7 +71,7 @@ class OAuthIssuer:
         self._clock = clock
 
     async def authenticate_client(self, client_id: str, client_secret: str) -> ClientRow:
-        row = await self._db.find_client(client_id) if len(client_id) <= 64 else None
+        row = await self._db.find_client(client_id) if client_id_shaped(client_id) else None
         # The hash is computed either way: an unknown id answers no faster than a bad secret.
         stored = row.secret_hash if row is not None else "0" * 64
         good = verify_key(self._secret, client_secret[:256], stored)

@@ -29,25 +29,32 @@ class AdmitIp:
         self._sweep_at = _SWEEP_AT
 
     async def __call__(self, ctx: RequestContext) -> None:
+        wait = self.refused_for(ctx.client_ip)
+        if wait:
+            raise IpRefused(
+                "Too many requests from your address; retry after the Retry-After header.",
+                headers=[(b"retry-after", str(wait).encode())],
+            )
+
+    def refused_for(self, client_ip: str) -> int:
+        """Count a request from ``client_ip``: 0 when admitted, else the whole seconds to
+        wait (the token endpoint answers that in its own shape)."""
         guard = self._policy.snapshot.policy.shaping.ip_guard
         if guard is None:
-            return
+            return 0
         now = time.monotonic()
         interval = guard.per / guard.requests
         tolerance = interval * ((guard.burst or guard.requests) - 1)
         tats = self._tats
-        tat = max(tats.get(ctx.client_ip, now), now)
+        tat = max(tats.get(client_ip, now), now)
         if tat - now > tolerance:
             PREAUTH_REFUSED.inc()
-            wait = tat - now - tolerance
-            raise IpRefused(
-                "Too many requests from your address; retry after the Retry-After header.",
-                headers=[(b"retry-after", str(max(1, math.ceil(wait))).encode())],
-            )
+            return max(1, math.ceil(tat - now - tolerance))
         if len(tats) >= self._sweep_at:  # drop idle addresses, at most once per doubling
             self._tats = tats = {ip: t for ip, t in tats.items() if t > now}
             self._sweep_at = max(_SWEEP_AT, 2 * len(tats))
-        tats[ctx.client_ip] = tat + interval
+        tats[client_ip] = tat + interval
+        return 0
 
 
 class InFlightCap:

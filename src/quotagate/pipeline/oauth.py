@@ -14,12 +14,11 @@ import base64
 import binascii
 import logging
 import math
-import re
 from urllib.parse import parse_qs, unquote_plus
 
-from quotagate.auth.oauth_issuer import OAuthError, OAuthIssuer, invalid_client
+from quotagate.auth.oauth_issuer import OAuthError, OAuthIssuer, client_id_shaped, invalid_client
 from quotagate.config.schema import LimitRule, TokenRate
-from quotagate.errors import IpRefused, ServiceUnavailable
+from quotagate.errors import ServiceUnavailable
 from quotagate.ids import new_id
 from quotagate.limits.engine import LimitEngine
 from quotagate.limits.policy import CompiledLimit, ScopeValues, compile_limit
@@ -32,9 +31,6 @@ log = logging.getLogger(__name__)
 _MAX_FORM = 4096
 _NO_STORE = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
 _FORM = b"application/x-www-form-urlencoded"
-# What a client id can be (ours are ``qgc_`` + hex): anything else is refused before it
-# is looked up or becomes part of a counter's key.
-_CLIENT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _header(ctx: RequestContext, name: bytes) -> bytes:
@@ -110,7 +106,7 @@ class TokenEndpoint:
         if not grant_type:
             raise OAuthError("invalid_request", "grant_type is missing.")
         client_id, secret = _credentials(ctx, form)
-        if not _CLIENT_ID.fullmatch(client_id):
+        if not client_id_shaped(client_id):
             raise invalid_client()
         await self._admit(ctx, client_id)
         if grant_type != "client_credentials":
@@ -126,12 +122,8 @@ class TokenEndpoint:
 
     async def _admit(self, ctx: RequestContext, client_id: str) -> None:
         """Count the attempt per address and per client id; 429 beyond either."""
-        if self._guard is not None:
-            try:
-                await self._guard(ctx)
-            except IpRefused as exc:
-                wait = next((int(v) for k, v in exc.headers if k == b"retry-after"), 1)
-                raise _too_many("address", wait) from None
+        if self._guard is not None and (wait := self._guard.refused_for(ctx.client_ip)):
+            raise _too_many("address", wait)
         values = ScopeValues(client_id, client_id, "", ctx.client_ip, "", self.name)
         unique = new_id()
         checks = [limit.check(values, unique) for limit in self._limits]
