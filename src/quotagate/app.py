@@ -281,6 +281,7 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
     admit_ip = AdmitIp(gw) if shaping.ip_guard is not None else None  # the token endpoint's too
     guard: list[Stage] = [admit_ip] if admit_ip is not None else []
     capped: list[Stage] = [cap] if shaping.max_in_flight is not None else []
+    limit = Limit(gw.engine, gw, gw.alerts, gw.router)
     stages: list[Stage] = gw.observer.wrap([
         *guard,
         authenticate,
@@ -289,10 +290,10 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
         idempotency,
         Authorize(gw),
         Route(gw, gw.router, cache),
-        Limit(gw.engine, gw, gw.alerts, gw.router),
+        limit,
         cache,
         Shape(gw, cache),
-        Forward(gw, gw, gw.router, cache),
+        Forward(gw, gw, gw.router, cache, limit.move),
     ])  # fmt: skip
     proxy = Pipeline(
         stages, settle=gw.engine, ledger=gw.ledger,

@@ -58,7 +58,12 @@ def circuit(fleet: Fleet, model: str, name: str) -> str:
     return str(readyz(fleet)["deployments"][model][name]["circuit"])
 
 
-def start_fleet(tmp: Path, eu_extra: dict[str, Any] | None = None, **routing: Any) -> Fleet:
+def start_fleet(
+    tmp: Path,
+    eu_extra: dict[str, Any] | None = None,
+    plan: dict[str, Any] | None = None,
+    **routing: Any,
+) -> Fleet:
     eu, us, cheap = (start_mock(tmp) for _ in range(3))
     doc = policy(cheap.base_url + "/v1")
     doc["models"][GPT4]["deployments"] = [
@@ -71,6 +76,7 @@ def start_fleet(tmp: Path, eu_extra: dict[str, Any] | None = None, **routing: An
     doc["models"][GPT4]["fallback"] = [CHEAP]
     doc["models"][CHEAP]["deployments"][0]["name"] = "cheap-1"
     doc["plans"]["enterprise"]["limits"] = []  # the traffic here is about the upstreams
+    doc["plans"]["enterprise"].update(plan or {})
     doc["routing"] = {
         "region": "eu-west",
         "nearest": {"eu-west": ["us-east"]},
@@ -337,6 +343,92 @@ def test_an_outage_falls_back_to_the_cheaper_model_billed_at_its_price(fleet: Fl
     expected = -(-(usage.prompt_tokens * inp + usage.completion_tokens * out) // 1_000_000)
     assert (row["model"], row["cost_micros"]) == (CHEAP, expected)
     assert row["cost_micros"] < usage.prompt_tokens * PRICES[GPT4][0] // 1_000_000
+
+
+def per_model_quotas(gpt4: int, cheap: int) -> dict[str, Any]:
+    return {
+        "quotas": [
+            {"scope": "tenant", "model": GPT4, "tokens": gpt4, "per": "day"},
+            {"scope": "tenant", "model": CHEAP, "tokens": cheap, "per": "day"},
+        ]
+    }
+
+
+def remaining_tokens(raw: Any) -> int:
+    return int(raw.headers["x-quotagate-quota-remaining-tokens"])
+
+
+def test_a_fallback_on_a_retry_is_counted_by_the_fallback_models_quota(tmp_path: Path) -> None:
+    """Both gpt-4 deployments fail once, so the request is served by gpt-3.5-turbo on a
+    retry, after the limits admitted it as gpt-4: gpt-4's per-model quota gets it back
+    and gpt-3.5-turbo's is charged what was used."""
+    fleet = start_fleet(tmp_path, plan=per_model_quotas(100_000, 100_000))
+    ask = {"messages": messages("[[mock:tokens=7]] hi"), "max_tokens": 50}
+    try:
+        with fleet.client() as client:
+            faults(fleet.eu, fail_next=1, error_status=500)
+            faults(fleet.us, fail_next=1, error_status=500)
+            fell = client.chat.completions.with_raw_response.create(model=GPT4, **ask)
+            assert fell.headers["x-quotagate-model"] == CHEAP
+            assert fell.headers["x-quotagate-fallback"] == f"{GPT4} -> {CHEAP}; reason=outage"
+            usage = fell.parse().usage
+            assert usage is not None
+            asked = client.chat.completions.with_raw_response.create(model=GPT4, **ask)
+            cheap = client.chat.completions.with_raw_response.create(model=CHEAP, **ask)
+        assert asked.headers["x-quotagate-model"] == GPT4
+        assert cheap.headers["x-quotagate-model"] == CHEAP
+        row = ledger_row(fleet.gateway, fell.headers["x-request-id"])
+        assert (row["model"], row["prompt_tokens"], row["completion_tokens"]) == (
+            CHEAP, usage.prompt_tokens, usage.completion_tokens,
+        )  # fmt: skip
+        # What remains counts each request's own reservation (the ledger has it).
+        reserved = ledger_row(fleet.gateway, asked.headers["x-request-id"])["reserved_tokens"]
+        assert remaining_tokens(asked) == 100_000 - reserved  # the fallback was refunded
+        reserved = ledger_row(fleet.gateway, cheap.headers["x-request-id"])["reserved_tokens"]
+        assert remaining_tokens(cheap) == 100_000 - usage.total_tokens - reserved
+    finally:
+        fleet.stop()
+
+
+def test_a_fallback_on_a_retry_moves_a_limit_counted_by_model(tmp_path: Path) -> None:
+    """A rate limit per key and model (2 a minute): the request gpt-3.5-turbo served in
+    gpt-4's place leaves gpt-4 both of its requests and gpt-3.5-turbo one."""
+    limits = {"limits": [{"scope": ["key", "model"], "requests": 2, "per": "1m"}]}
+    fleet = start_fleet(tmp_path, plan=limits)
+    try:
+        with fleet.client() as client:
+            faults(fleet.eu, fail_next=1, error_status=500)
+            faults(fleet.us, fail_next=1, error_status=500)
+            fell = client.chat.completions.with_raw_response.create(
+                model=GPT4, messages=messages("hi")
+            )
+            assert fell.headers["x-quotagate-model"] == CHEAP
+            for model, allowed in ((GPT4, 2), (CHEAP, 1)):
+                for _ in range(allowed):
+                    served_by(client, model)
+                with pytest.raises(openai.RateLimitError):
+                    served_by(client, model)
+    finally:
+        fleet.stop()
+
+
+def test_a_fallback_its_own_quota_refuses_is_not_taken(tmp_path: Path) -> None:
+    """gpt-3.5-turbo's quota cannot take the request (30 tokens a day, the request may
+    use ~60): when gpt-4 fails, the answer is gpt-4's failure, and gpt-3.5-turbo is
+    never called."""
+    fleet = start_fleet(tmp_path, plan=per_model_quotas(100_000, 30))
+    try:
+        with fleet.client() as client:
+            faults(fleet.eu, fail_next=1, error_status=500)
+            faults(fleet.us, fail_next=1, error_status=500)
+            with pytest.raises(openai.APIStatusError) as raised:
+                client.chat.completions.create(model=GPT4, messages=messages("hi"), max_tokens=50)
+        assert raised.value.status_code == 502
+        assert seen(fleet.cheap) == 0
+        refusals = scrape(fleet.gateway.admin_url)
+        assert total(refusals, "quotagate_fallback_refusals_total", model=GPT4) == 1
+    finally:
+        fleet.stop()
 
 
 def test_without_any_deployment_the_answer_is_a_503_with_retry_after(fleet: Fleet) -> None:

@@ -14,14 +14,22 @@ from quotagate.budget.estimate import Estimator
 from quotagate.budget.pricing import cost_micros
 from quotagate.errors import RateLimited
 from quotagate.pipeline.context import RequestContext
+from quotagate.routing.catalog import Target
 from quotagate.store.base import ReservationCheck
 
 
-def reserve(ctx: RequestContext, default_max_tokens: int, estimator: Estimator) -> None:
-    ctx.prompt_estimate = estimator.prompt_tokens(ctx.payload, ctx.endpoint.name, ctx.model)
+def reserve(
+    ctx: RequestContext,
+    default_max_tokens: int,
+    estimator: Estimator,
+    target: Target | None = None,
+) -> None:
+    """For ``ctx``'s model, or ``target``'s (a fallback about to serve it) when given."""
+    model, price = (ctx.model, ctx.price) if target is None else (target.model, target.prices)
+    ctx.prompt_estimate = estimator.prompt_tokens(ctx.payload, ctx.endpoint.name, model)
     output = (ctx.max_tokens or default_max_tokens) if ctx.endpoint.generates else 0
     ctx.reserved_tokens = ctx.prompt_estimate + output
-    ctx.reserved_micros = cost_micros(ctx.prompt_estimate, output, ctx.price)
+    ctx.reserved_micros = cost_micros(ctx.prompt_estimate, output, price)
 
 
 def too_large(name: str, capacity: int, ctx: RequestContext) -> RateLimited:

@@ -228,6 +228,12 @@ FALLBACKS = Counter(
     "reason (outage, overload, circuit_open, quota).",
     ("model", "fallback", "reason"),
 )
+FALLBACK_REFUSALS = Counter(
+    "quotagate_fallback_refusals",
+    "Fallbacks on a retry that the fallback model's own limits refused (the request was "
+    "not sent to it), by model and fallback.",
+    ("model", "fallback"),
+)
 CACHE_LOOKUPS = Counter(
     "quotagate_response_cache",
     "Response cache lookups by result (hit, miss, stored, skipped: not deterministic).",

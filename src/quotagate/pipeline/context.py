@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quotagate.auth.principal import Principal
 from quotagate.routing.catalog import Target
-from quotagate.store.base import Adjustable, LeaseCheck, ReservationCheck
+from quotagate.store.base import Adjustable, Check, LeaseCheck, ReservationCheck
 from quotagate.upstream.usage import Usage
+
+if TYPE_CHECKING:
+    from quotagate.config.snapshot import LimitSet
 
 ASGIScope = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
@@ -16,6 +19,7 @@ Headers = list[tuple[bytes, bytes]]
 class RequestContext:
     # __slots__: one of these per request (STYLE 11): no per-instance dict.
     __slots__ = (
+        "admitted",
         "api_key",
         "body",
         "cache_key",
@@ -108,6 +112,9 @@ class RequestContext:
         # No deployment could take it, but a kept answer might (after the limits).
         self.unroutable: Exception | None = None
         self.leases: list[LeaseCheck] = []
+        # What the limits admitted: the plan's LimitSet for the model and its checks, in
+        # that order (the reservation last, when metered); None when not limited.
+        self.admitted: tuple[LimitSet, list[Check]] | None = None
         # Metering: what was reserved (tokens, money), on which counters (each in
         # "tokens" or "micros"), the record a reaper takes if this gateway dies, and what
         # the upstream reported.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
@@ -18,7 +19,7 @@ import orjson
 
 from quotagate.budget.idempotency import MAX_KEPT
 from quotagate.errors import GatewayError, NoDeployment, UpstreamError
-from quotagate.observability.metrics import UPSTREAM_RETRIES
+from quotagate.observability.metrics import FALLBACK_REFUSALS, UPSTREAM_RETRIES
 from quotagate.pipeline.context import Headers, RequestContext
 from quotagate.pipeline.stage import Answered, PolicySource
 from quotagate.routing.cache import ResponseCache
@@ -62,6 +63,11 @@ class SessionSource(Protocol):
     session: aiohttp.ClientSession | None
 
 
+# Limit.move: count an admitted request against the fallback model about to serve it;
+# None when done, else the name of that model's limit that refuses it.
+Move = Callable[[RequestContext, Target], Awaitable[str | None]]
+
+
 class Forward:
     """Send to the chosen deployment; before any byte has reached the client, a
     retryable failure (connect error, timeout, 5xx, 429, the upstream refusing the
@@ -79,11 +85,13 @@ class Forward:
         policy: PolicySource,
         router: Router,
         cache: ResponseCache | None = None,
+        move: Move | None = None,
     ) -> None:
         self._sessions = sessions
         self._policy = policy
         self._router = router
         self._cache = cache  # the degrade path when every attempt failed
+        self._move = move
 
     async def __call__(self, ctx: RequestContext) -> None:
         target = ctx.target
@@ -143,7 +151,12 @@ class Forward:
                 await asyncio.sleep(wait or 0.0)
                 nxt.health.cooling_until = 0.0  # its retry-after has been waited out
             elif nxt.model != ctx.model:
-                switch_model(ctx, nxt, "outage")
+                moved = await self._switch(ctx, nxt, tried, "outage")
+                if moved is None:  # the fallbacks' own limits refuse it
+                    if self._cache is not None and await self._cache.degrade(ctx):
+                        return
+                    raise failure
+                nxt = moved
             target = ctx.target = nxt
             ctx.price = nxt.prices
             remaining = deadline - time.perf_counter()
@@ -158,6 +171,8 @@ class Forward:
         usable deployment of the model or a fallback model; else the cache's answer, or
         503 (overloaded when it was only full)."""
         other = self._router.find(ctx, self._policy.snapshot.catalog, [*tried, target])
+        if other is not None and other.model != ctx.model:
+            other = await self._switch(ctx, other, [*tried, target], "overload")
         if other is None:
             if self._cache is not None and await self._cache.degrade(ctx):
                 raise Answered
@@ -167,10 +182,31 @@ class Forward:
                     code="overloaded",
                 )
             raise NoDeployment(f"No deployment of {ctx.model} can serve the request now.")
-        if other.model != ctx.model:
-            switch_model(ctx, other, "overload")
         ctx.target, ctx.price = other, other.prices
         return other
+
+    async def _switch(
+        self, ctx: RequestContext, target: Target, tried: list[Target], why: str
+    ) -> Target | None:
+        """Serve ``ctx`` by ``target``, a deployment of another model, once that model's
+        limits have taken the request (``Limit.move``). When they refuse it, the next
+        usable deployment of a model not refused yet; None when there is none."""
+        refused: list[Target] = []
+        found: Target | None = target
+        while found is not None and found.model != ctx.model:
+            denied = await self._move(ctx, found) if self._move is not None else None
+            if denied is None:
+                switch_model(ctx, found, why)
+                return found
+            FALLBACK_REFUSALS.labels(ctx.model, found.model).inc()
+            log.info(
+                "request %s: fallback %s refused by its limit %s",
+                ctx.request_id, found.model, denied,
+            )  # fmt: skip
+            catalog = self._policy.snapshot.catalog
+            refused += catalog[found.model].targets
+            found = self._router.find(ctx, catalog, [*tried, *refused])
+        return found
 
     async def _send(
         self,

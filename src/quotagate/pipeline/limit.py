@@ -35,6 +35,7 @@ from quotagate.store.base import (
     CheckOutcome,
     CounterCheck,
     LeaseCheck,
+    RateCheck,
 )
 
 _ADJECTIVE = {"day": "daily ", "week": "weekly ", "month": "monthly "}
@@ -77,6 +78,7 @@ class Limit:
         for _ in range(_MAX_DECISIONS):
             limits = plan.limits_for(ctx.model, ctx.traffic_class == "batch")
             if not limits.limits:
+                ctx.admitted = (limits, [])  # a fallback on retry may have some: move
                 return
             checks, admission = await self._admit(ctx, plan, limits)
             if admission.allowed:
@@ -119,6 +121,72 @@ class Limit:
             checks.append(reservation_record(ctx, ttl))
         return checks, await self._engine.admit(limits.limits, checks)
 
+    async def move(self, ctx: RequestContext, target: Target) -> str | None:
+        """Count an admitted request against ``target``'s model, which is to serve it in
+        place of ``ctx.model`` (a fallback forward takes after the limits): the limits
+        that apply to the new model and not the old (its per-model limits and quotas,
+        and every limit counted by model) are charged, in one store call, and then the
+        old model's are refunded (a lease released; a sliding window's entry stays).
+        None when moved; else the name of the new model's limit that refuses the
+        request, and nothing has changed. The reservation keeps its amounts (reserved
+        at the asked model's price); settlement charges the price of the one that
+        answered."""
+        if ctx.admitted is None:  # not limited: an emergency bypass
+            return None
+        old, old_checks = ctx.admitted
+        plan: CompiledPlan = ctx.plan
+        new = plan.limits_for(target.model, ctx.traffic_class == "batch")
+        stays = {limit.name for limit in old.limits if "model" not in limit.scopes}
+        gained = [limit for limit in new.limits if limit.name not in stays]
+        kept = {limit.name for limit in new.limits} & stays
+        lost = [
+            c for limit, c in zip(old.limits, old_checks, strict=False) if limit.name not in kept
+        ]
+        if not gained and not lost:
+            return None
+        p = ctx.principal
+        assert p is not None
+        estimate = (ctx.prompt_estimate, ctx.reserved_tokens, ctx.reserved_micros)
+        reservation = ctx.reservation
+        extra: list[Check] = []
+        if new.metered and reservation is None:  # the asked model had nothing to meter
+            reserve(ctx, plan.default_max_tokens, self._policy.snapshot.estimator, target)
+            reservation = reservation_record(
+                ctx, self._policy.snapshot.policy.accounting.reservation_ttl
+            )
+            extra.append(reservation)
+        too_big = next(
+            (limit.name for limit in gained
+             if limit.kind == "rate" and limit.unit == "tokens"
+             and ctx.reserved_tokens > limit.capacity),
+            None,
+        )  # fmt: skip
+        if too_big is not None:
+            ctx.prompt_estimate, ctx.reserved_tokens, ctx.reserved_micros = estimate
+            return too_big
+        values = scope_values(ctx)._replace(model=target.model)
+        unique, scale = new_id(), self._scale(plan)
+        checks = [_check(limit, values, unique, ctx, p, scale) for limit in gained]
+        if checks or extra:
+            admission = await self._engine.admit(gained, checks + extra)
+            if not admission.allowed:
+                ctx.prompt_estimate, ctx.reserved_tokens, ctx.reserved_micros = estimate
+                return gained[admission.denied].name
+        await self._engine.release([c for c in lost if isinstance(c, LeaseCheck)])
+        refunds = [c for c in lost if isinstance(c, RateCheck | CounterCheck)]
+        if refunds:
+            await self._engine.adjust(refunds, [-c.cost for c in refunds])
+        # The new model's checks in its LimitSet's order: kept ones from the admission.
+        held = {limit.name: c for limit, c in zip(old.limits, old_checks, strict=False)}
+        held.update(zip((limit.name for limit in gained), checks, strict=True))
+        now = [held[limit.name] for limit in new.limits]
+        ctx.admitted = (new, [*now, reservation] if reservation is not None else now)
+        ctx.leases = [c for c in now if isinstance(c, LeaseCheck)]
+        ctx.reservation = reservation
+        ctx.settle_checks = new.settled_checks(now)
+        ctx.settle_units = new.settled_units
+        return None
+
     def _scale(self, plan: CompiledPlan) -> float:
         """The factor model pressure puts on this plan's rate limits now (1: none)."""
         pressure = self._router.pressure
@@ -129,9 +197,10 @@ class Limit:
         ctx: RequestContext,
         plan: CompiledPlan,
         limits: LimitSet,
-        checks: Sequence[Check],
+        checks: list[Check],
         admission: Admission,
     ) -> None:
+        ctx.admitted = (limits, checks)
         if limits.rates:
             _rate_headers(ctx, limits, admission, self._scale(plan))
         if limits.has_quotas:
