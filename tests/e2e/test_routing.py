@@ -4,6 +4,7 @@ a hanging deployment's circuit, upstream 429s, the retry budget, fallback billin
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections import Counter
@@ -15,12 +16,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 from e2e_clients import KeyIssuer, assert_sdk_error, ledger_row, messages, sdk
 
 from harness import Gateway, Process, policy, start_mock
 from metrics_text import scrape, total
 
 GPT4, CHEAP = "gpt-4", "gpt-3.5-turbo"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 PRICES = {GPT4: (30_000_000, 60_000_000), CHEAP: (500_000, 1_500_000)}  # µ per 1M tokens
 
 
@@ -62,6 +65,7 @@ def start_fleet(
     tmp: Path,
     eu_extra: dict[str, Any] | None = None,
     plan: dict[str, Any] | None = None,
+    store: dict[str, Any] | None = None,
     **routing: Any,
 ) -> Fleet:
     eu, us, cheap = (start_mock(tmp) for _ in range(3))
@@ -77,6 +81,8 @@ def start_fleet(
     doc["models"][CHEAP]["deployments"][0]["name"] = "cheap-1"
     doc["plans"]["enterprise"]["limits"] = []  # the traffic here is about the upstreams
     doc["plans"]["enterprise"].update(plan or {})
+    if store is not None:
+        doc["store"] = store
     doc["routing"] = {
         "region": "eu-west",
         "nearest": {"eu-west": ["us-east"]},
@@ -358,11 +364,25 @@ def remaining_tokens(raw: Any) -> int:
     return int(raw.headers["x-quotagate-quota-remaining-tokens"])
 
 
-def test_a_fallback_on_a_retry_is_counted_by_the_fallback_models_quota(tmp_path: Path) -> None:
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    if request.param == "memory":
+        yield {"url": "memory://"}
+        return
+    prefix = f"qgtest:{secrets.token_hex(6)}:"
+    yield {"url": REDIS_URL, "prefix": prefix}
+    with redis.Redis.from_url(REDIS_URL) as client:
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+
+
+def test_a_fallback_on_a_retry_is_counted_by_the_fallback_models_quota(
+    tmp_path: Path, store: dict[str, Any]
+) -> None:
     """Both gpt-4 deployments fail once, so the request is served by gpt-3.5-turbo on a
     retry, after the limits admitted it as gpt-4: gpt-4's per-model quota gets it back
     and gpt-3.5-turbo's is charged what was used."""
-    fleet = start_fleet(tmp_path, plan=per_model_quotas(100_000, 100_000))
+    fleet = start_fleet(tmp_path, plan=per_model_quotas(100_000, 100_000), store=store)
     ask = {"messages": messages("[[mock:tokens=7]] hi"), "max_tokens": 50}
     try:
         with fleet.client() as client:
