@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import redis
 
 from harness import Gateway, policy, start_mock
 from metrics_text import scrape, total
@@ -68,3 +69,44 @@ def test_slow_first_tokens_halve_the_free_rate_on_every_instance(tmp_path: Path)
     finally:
         gw.stop()
         mock.stop()
+
+
+def test_a_caller_near_its_limit_gets_no_fresh_allowance_when_pressure_scales_it(
+    tmp_path: Path,
+) -> None:
+    """8 requests a minute; a key that has used 6 is, at half the rate, past most of its
+    4: a tightening holds at once (a fresh scaled bucket would let 4 more through)."""
+    mock = start_mock(tmp_path)
+    prefix = f"qgtest:{secrets.token_hex(6)}:"
+    doc = policy(mock.base_url + "/v1")
+    doc["store"] = {"url": REDIS_URL, "prefix": prefix}
+    doc["plans"]["free"]["limits"] = [{"scope": "key", "requests": 8, "per": "1m"}]
+    doc["shaping"] = {"pressure": {"ttft_p95_above": "200ms", "window": "10s",
+                                   "scale": {"free": 0.5}}}  # fmt: skip
+    gw = Gateway(tmp_path / "gw", doc).start()
+    try:
+        busy, slow = gw.tenant_key("t1", "free"), gw.tenant_key("t2", "free")
+        for _ in range(6):
+            assert ask(gw.base_url, busy).status_code == 200
+        httpx.post(f"{mock.base_url}/_mock/faults", json={"ttft_ms": 400}, timeout=5)
+        for _ in range(3):  # slow first tokens on another tenant's key
+            assert ask(gw.base_url, slow, stream=True).status_code == 200
+
+        def scaled() -> bool:
+            metrics = scrape(gw.admin_url)
+            return total(metrics, "quotagate_limit_health_factor", plan="free") == 0.5
+
+        until(scaled, 5.0, "the free plan was never scaled")
+        httpx.post(f"{mock.base_url}/_mock/faults", json={"ttft_ms": 0}, timeout=5)
+        answers = [ask(gw.base_url, busy) for _ in range(4)]
+        assert all(a.headers.get("x-quotagate-limit-factor") == "0.5" for a in answers)
+        allowed = sum(a.status_code == 200 for a in answers)
+        # 6 of 8 used is 3 of 4 at half the rate: one more, two if the bucket drained a
+        # little meanwhile (one request every 15 s at the scaled rate).
+        assert 1 <= allowed <= 2, [a.status_code for a in answers]
+    finally:
+        gw.stop()
+        mock.stop()
+        with redis.Redis.from_url(REDIS_URL) as client:
+            for key in client.scan_iter(match=prefix + "*"):
+                client.delete(key)

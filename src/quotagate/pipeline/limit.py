@@ -297,12 +297,12 @@ def _check(
         ctx.reserved_tokens if unit == "tokens" else ctx.reserved_micros if unit == "micros" else 1
     )
     if limit.kind == "rate":
-        factor = scale if limit.unit != "concurrent" else 1.0
         raise_ = p.grants.get("rate") if p.grants else None
-        if raise_ is not None and raise_.override:
-            factor *= raise_.override / RATE_PERMILLE
-        if factor != 1.0:
-            return limit.check(values, unique, cost, factor=factor)
+        factor = raise_.override / RATE_PERMILLE if raise_ is not None and raise_.override else 1.0
+        if limit.unit == "concurrent":
+            scale = 1.0
+        if factor != 1.0 or scale != 1.0:
+            return limit.check(values, unique, cost, factor=factor, scale=scale)
         return limit.check(values, unique, cost)
     grant = p.grants.get(limit.resource) if p.grants and limit.resource else None
     amount = grant.apply(limit.amount) if grant is not None else None

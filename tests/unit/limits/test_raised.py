@@ -46,3 +46,34 @@ def test_every_algorithm_keeps_its_kind_when_raised(rule: dict[str, object], kin
         assert raised.interval == pytest.approx(plain.interval / 2.5)
     else:
         assert raised.limit == round(plain.limit * 2.5)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"requests": 60, "per": "1m"},
+        {"requests": 60, "per": "1m", "algorithm": "sliding_window"},
+        {"requests": 60, "per": "1m", "algorithm": "fixed_window"},
+        {"requests": 100, "per": "day"},
+    ],
+)
+def test_pressure_scales_the_plans_own_counter(rule: dict[str, object]) -> None:
+    """Model pressure tightens the counter a caller has been using, not a fresh one."""
+    limit = one(**rule)
+    plain, scaled = limit.check(VALUES, "id"), limit.check(VALUES, "id", scale=0.5)  # type: ignore[attr-defined]
+    assert scaled.key == plain.key
+    if isinstance(scaled, RateCheck):
+        assert isinstance(plain, RateCheck)
+        assert scaled.capacity == round(plain.capacity * 0.5)
+        assert scaled.interval == pytest.approx(plain.interval / 0.5)
+    else:
+        assert scaled.limit == round(plain.limit * 0.5)  # type: ignore[attr-defined]
+
+
+def test_a_raise_under_pressure_keeps_the_raises_counter_at_both_factors() -> None:
+    limit = one(requests=60, per="1m")
+    plain = limit.check(VALUES, "id")  # type: ignore[attr-defined]
+    both = limit.check(VALUES, "id", factor=2.0, scale=0.5)  # type: ignore[attr-defined]
+    assert isinstance(plain, RateCheck) and isinstance(both, RateCheck)
+    assert both.key == plain.key + ":x2000"
+    assert (both.capacity, both.interval) == (plain.capacity, pytest.approx(plain.interval))
