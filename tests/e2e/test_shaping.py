@@ -218,10 +218,10 @@ def test_the_adaptive_limit_falls_when_the_upstream_slows_and_recovers(
             t.start()
         # 8 at once on a capacity of 2: time to first token 4x 100ms, above 250ms.
         deadline = time.monotonic() + 10
-        while limit_of(gw) > 3:
-            assert time.monotonic() < deadline, f"the limit stayed at {limit_of(gw)}"
+        # The value that ended the wait: a second read could see it rising again.
+        while (fell_to := limit_of(gw)) > 3:
+            assert time.monotonic() < deadline, f"the limit stayed at {fell_to}"
             time.sleep(0.1)  # poll interval while traffic runs
-        fell_to = limit_of(gw)
         faults(setup.mock, capacity=100)  # the upstream eases
         deadline = time.monotonic() + 10
         while limit_of(gw) < 7:
