@@ -381,8 +381,9 @@ def test_a_fallback_on_a_retry_is_counted_by_the_fallback_models_quota(
 ) -> None:
     """Both gpt-4 deployments fail once, so the request is served by gpt-3.5-turbo on a
     retry, after the limits admitted it as gpt-4: gpt-4's per-model quota gets it back
-    and gpt-3.5-turbo's is charged what was used."""
-    fleet = start_fleet(tmp_path, plan=per_model_quotas(100_000, 100_000), store=store)
+    and gpt-3.5-turbo's is charged what was used; the answer's quota headers speak of
+    gpt-3.5-turbo's quota."""
+    fleet = start_fleet(tmp_path, plan=per_model_quotas(100_000, 60_000), store=store)
     ask = {"messages": messages("[[mock:tokens=7]] hi"), "max_tokens": 50}
     try:
         with fleet.client() as client:
@@ -402,10 +403,13 @@ def test_a_fallback_on_a_retry_is_counted_by_the_fallback_models_quota(
             CHEAP, usage.prompt_tokens, usage.completion_tokens,
         )  # fmt: skip
         # What remains counts each request's own reservation (the ledger has it).
+        assert fell.headers["x-quotagate-quota-limit-tokens"] == "60000"
+        assert remaining_tokens(fell) == 60_000 - row["reserved_tokens"]
+        assert fell.headers.get_list("x-quotagate-quota-limit-tokens") == ["60000"]
         reserved = ledger_row(fleet.gateway, asked.headers["x-request-id"])["reserved_tokens"]
         assert remaining_tokens(asked) == 100_000 - reserved  # the fallback was refunded
         reserved = ledger_row(fleet.gateway, cheap.headers["x-request-id"])["reserved_tokens"]
-        assert remaining_tokens(cheap) == 100_000 - usage.total_tokens - reserved
+        assert remaining_tokens(cheap) == 60_000 - usage.total_tokens - reserved
     finally:
         fleet.stop()
 

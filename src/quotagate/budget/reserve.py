@@ -42,18 +42,22 @@ def too_large(name: str, capacity: int, ctx: RequestContext) -> RateLimited:
     )
 
 
-def reservation_record(ctx: RequestContext, ttl: float) -> ReservationCheck:
-    """What a reaper needs to write the ledger row if this gateway never settles."""
+def reservation_record(
+    ctx: RequestContext, ttl: float, target: Target | None = None
+) -> ReservationCheck:
+    """What a reaper needs to write the ledger row if this gateway never settles; the
+    model and deployment are ``target``'s when given (a fallback about to serve it)."""
     p = ctx.principal
-    assert p is not None and ctx.target is not None, "limit runs after auth and route"
+    model, target = (ctx.model, ctx.target) if target is None else (target.model, target)
+    assert p is not None and target is not None, "limit runs after auth and route"
     record: dict[str, Any] = {
         "id": ctx.record_id,
         "at": ctx.started_at,
         "tenant": p.tenant_id,
         "key": p.key_id,
         "user": p.user,
-        "model": ctx.model,
-        "deployment": ctx.target.base_url,
+        "model": model,
+        "deployment": target.base_url,
         "endpoint": ctx.endpoint.name,
         "stream": ctx.stream,
         "tokens": ctx.reserved_tokens,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from quotagate.auth.principal import Principal
 from quotagate.routing.catalog import Target
-from quotagate.store.base import Adjustable, Check, LeaseCheck, ReservationCheck
+from quotagate.store.base import Adjustable, Check, CheckOutcome, LeaseCheck, ReservationCheck
 from quotagate.upstream.usage import Usage
 
 if TYPE_CHECKING:
@@ -14,6 +14,18 @@ if TYPE_CHECKING:
 
 ASGIScope = dict[str, Any]
 Headers = list[tuple[bytes, bytes]]
+
+
+class Admitted(NamedTuple):
+    """What the limits admitted: the plan's LimitSet for the model, its checks and
+    their outcomes, in that order (the reservation last, when metered), and where the
+    response headers that admission wrote are (``response_headers[start:end]``)."""
+
+    limits: LimitSet
+    checks: list[Check]
+    outcomes: tuple[CheckOutcome, ...]
+    start: int
+    end: int
 
 
 class RequestContext:
@@ -112,9 +124,7 @@ class RequestContext:
         # No deployment could take it, but a kept answer might (after the limits).
         self.unroutable: Exception | None = None
         self.leases: list[LeaseCheck] = []
-        # What the limits admitted: the plan's LimitSet for the model and its checks, in
-        # that order (the reservation last, when metered); None when not limited.
-        self.admitted: tuple[LimitSet, list[Check]] | None = None
+        self.admitted: Admitted | None = None  # None when not limited
         # Metering: what was reserved (tokens, money), on which counters (each in
         # "tokens" or "micros"), the record a reaper takes if this gateway dies, and what
         # the upstream reported.

@@ -24,7 +24,7 @@ from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import CompiledLimit, ScopeValues
 from quotagate.observability.metrics import LIMIT_BYPASSED, QUOTA_EXHAUSTED
-from quotagate.pipeline.context import RequestContext
+from quotagate.pipeline.context import Admitted, RequestContext
 from quotagate.pipeline.parse import TOKEN_FIELDS
 from quotagate.pipeline.stage import PolicySource
 from quotagate.routing.catalog import Target
@@ -77,8 +77,9 @@ class Limit:
         mark, origin = len(ctx.response_headers), (ctx.model, ctx.target, ctx.price)
         for _ in range(_MAX_DECISIONS):
             limits = plan.limits_for(ctx.model, ctx.traffic_class == "batch")
-            if not limits.limits:
-                ctx.admitted = (limits, [])  # a fallback on retry may have some: move
+            if not limits.limits:  # a fallback on retry may have some: move
+                at = len(ctx.response_headers)
+                ctx.admitted = Admitted(limits, [], (), at, at)
                 return
             checks, admission = await self._admit(ctx, plan, limits)
             if admission.allowed:
@@ -88,7 +89,7 @@ class Limit:
             outcome = admission.outcomes[admission.denied]
             if denied.kind == "rate":
                 _undo_degrade(ctx, mark, origin)
-                _rate_headers(ctx, limits, admission, self._scale(plan))
+                _rate_headers(ctx, limits, admission.outcomes, admission.denied, self._scale(plan))
                 raise RateLimited(_refusal(denied))
             if not self._degrade(ctx, plan, denied, outcome):
                 _undo_degrade(ctx, mark, origin)
@@ -130,10 +131,11 @@ class Limit:
         None when moved; else the name of the new model's limit that refuses the
         request, and nothing has changed. The reservation keeps its amounts (reserved
         at the asked model's price); settlement charges the price of the one that
-        answered."""
+        answered. The headers admission wrote are written again for the new model's
+        limits."""
         if ctx.admitted is None:  # not limited: an emergency bypass
             return None
-        old, old_checks = ctx.admitted
+        old, old_checks, old_outcomes, start, end = ctx.admitted
         plan: CompiledPlan = ctx.plan
         new = plan.limits_for(target.model, ctx.traffic_class == "batch")
         stays = {limit.name for limit in old.limits if "model" not in limit.scopes}
@@ -152,7 +154,7 @@ class Limit:
         if new.metered and reservation is None:  # the asked model had nothing to meter
             reserve(ctx, plan.default_max_tokens, self._policy.snapshot.estimator, target)
             reservation = reservation_record(
-                ctx, self._policy.snapshot.policy.accounting.reservation_ttl
+                ctx, self._policy.snapshot.policy.accounting.reservation_ttl, target
             )
             extra.append(reservation)
         too_big = next(
@@ -167,11 +169,13 @@ class Limit:
         values = scope_values(ctx)._replace(model=target.model)
         unique, scale = new_id(), self._scale(plan)
         checks = [_check(limit, values, unique, ctx, p, scale) for limit in gained]
+        got: tuple[CheckOutcome, ...] = ()
         if checks or extra:
             admission = await self._engine.admit(gained, checks + extra)
             if not admission.allowed:
                 ctx.prompt_estimate, ctx.reserved_tokens, ctx.reserved_micros = estimate
                 return gained[admission.denied].name
+            got = admission.outcomes
         await self._engine.release([c for c in lost if isinstance(c, LeaseCheck)])
         refunds = [c for c in lost if isinstance(c, RateCheck | CounterCheck)]
         if refunds:
@@ -179,8 +183,19 @@ class Limit:
         # The new model's checks in its LimitSet's order: kept ones from the admission.
         held = {limit.name: c for limit, c in zip(old.limits, old_checks, strict=False)}
         held.update(zip((limit.name for limit in gained), checks, strict=True))
+        told = dict(zip((limit.name for limit in old.limits), old_outcomes, strict=False))
+        told.update(zip((limit.name for limit in gained), got, strict=False))
         now = [held[limit.name] for limit in new.limits]
-        ctx.admitted = (new, [*now, reservation] if reservation is not None else now)
+        outcomes = tuple(told[limit.name] for limit in new.limits)
+        # Its headers in place of the asked model's (nothing has been sent yet).
+        sent, ctx.response_headers = ctx.response_headers, []
+        self._headers(ctx, plan, new, now, outcomes)
+        fresh, ctx.response_headers = ctx.response_headers, sent
+        sent[start:end] = fresh
+        ctx.admitted = Admitted(
+            new, [*now, reservation] if reservation is not None else now,
+            outcomes, start, start + len(fresh),
+        )  # fmt: skip
         ctx.leases = [c for c in now if isinstance(c, LeaseCheck)]
         ctx.reservation = reservation
         ctx.settle_checks = new.settled_checks(now)
@@ -200,11 +215,11 @@ class Limit:
         checks: list[Check],
         admission: Admission,
     ) -> None:
-        ctx.admitted = (limits, checks)
-        if limits.rates:
-            _rate_headers(ctx, limits, admission, self._scale(plan))
-        if limits.has_quotas:
-            self._feedback(ctx, plan, limits, checks, admission)
+        start = len(ctx.response_headers)
+        self._headers(ctx, plan, limits, checks, admission.outcomes)
+        ctx.admitted = Admitted(
+            limits, checks, admission.outcomes, start, len(ctx.response_headers)
+        )
         if limits.has_leases:
             ctx.leases = [c for c in checks if isinstance(c, LeaseCheck)]
         if limits.metered:
@@ -212,18 +227,32 @@ class Limit:
             ctx.settle_checks = limits.settled_checks(checks)
             ctx.settle_units = limits.settled_units
 
+    def _headers(
+        self,
+        ctx: RequestContext,
+        plan: CompiledPlan,
+        limits: LimitSet,
+        checks: Sequence[Check],
+        outcomes: Sequence[CheckOutcome],
+    ) -> None:
+        """What an admitted request is told about its limits (and alerts to send)."""
+        if limits.rates:
+            _rate_headers(ctx, limits, outcomes, -1, self._scale(plan))
+        if limits.has_quotas:
+            self._feedback(ctx, plan, limits, checks, outcomes)
+
     def _feedback(
         self,
         ctx: RequestContext,
         plan: CompiledPlan,
         limits: LimitSet,
         checks: Sequence[Check],
-        admission: Admission,
+        outcomes: Sequence[CheckOutcome],
     ) -> None:
         n, count = limits.rates, len(limits.limits)
         quotas = limits.limits[n:count]
         counters: Sequence[CounterCheck] = checks[n:count]  # type: ignore[assignment]
-        outcomes = admission.outcomes[n:count]
+        outcomes = outcomes[n:count]
         ctx.response_headers += quota_headers(limits.quota_groups, counters, outcomes)
         for limit, check, outcome in zip(quotas, counters, outcomes, strict=True):
             reached = crossed(limit, check, outcome)
@@ -310,11 +339,15 @@ def _check(
 
 
 def _rate_headers(
-    ctx: RequestContext, limits: LimitSet, admission: Admission, scale: float = 1.0
+    ctx: RequestContext,
+    limits: LimitSet,
+    outcomes: Sequence[CheckOutcome],
+    denied: int,
+    scale: float = 1.0,
 ) -> None:
     rates = limits.limits[: limits.rates]  # the rate limits come first
     ctx.response_headers.extend(
-        rate_limit_headers(rates, admission.outcomes, admission.denied, limits.policy_header, scale)
+        rate_limit_headers(rates, outcomes, denied, limits.policy_header, scale)
     )
     if scale != 1.0:  # model pressure scaled them (shaping.pressure)
         ctx.response_headers.append((b"x-quotagate-limit-factor", f"{scale:g}".encode()))

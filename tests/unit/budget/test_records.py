@@ -12,7 +12,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from quotagate.auth.principal import Principal
-from quotagate.budget.records import request_record
+from quotagate.budget.records import request_record, unsettled_record
+from quotagate.budget.reserve import reservation_record
 from quotagate.pipeline.context import RequestContext
 
 
@@ -71,3 +72,21 @@ def test_a_refused_request_without_a_target_or_first_byte() -> None:
     )  # fmt: skip
     assert (record.model, record.deployment, record.ttfb_ms) == (None, None, None)
     assert record.duration_ms == 2.0
+
+
+def test_a_reservation_names_the_model_and_deployment_that_are_to_serve_it() -> None:
+    """A reaper writes the unsettled row from the reservation: a reservation made for a
+    fallback (``Limit.move``) names the fallback, not the model the client asked for."""
+    asked = SimpleNamespace(model="gpt-4", base_url="http://gpt4/v1")
+    fallback = SimpleNamespace(model="gpt-3.5-turbo", base_url="http://cheap/v1")
+    ctx = context(
+        record_id="rec-3", started_at=1_795_000_000.5, model="gpt-4", target=asked,
+        reserved_tokens=70, reserved_micros=900,
+    )  # fmt: skip
+    own = unsettled_record(reservation_record(ctx, 30.0).member)
+    moved = unsettled_record(reservation_record(ctx, 30.0, fallback).member)  # type: ignore[arg-type]
+    assert (own.model, own.deployment) == ("gpt-4", "http://gpt4/v1")
+    assert (moved.model, moved.deployment) == ("gpt-3.5-turbo", "http://cheap/v1")
+    assert (moved.request_id, moved.status, moved.reserved_tokens, moved.cost_micros) == (
+        "rec-3", "unsettled", 70, 900,
+    )  # fmt: skip
