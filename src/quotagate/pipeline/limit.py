@@ -24,7 +24,7 @@ from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import CompiledLimit, ScopeValues
 from quotagate.observability.metrics import LIMIT_BYPASSED, QUOTA_EXHAUSTED
-from quotagate.pipeline.context import Admitted, RequestContext
+from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.parse import TOKEN_FIELDS
 from quotagate.pipeline.stage import PolicySource
 from quotagate.routing.catalog import Target
@@ -79,7 +79,7 @@ class Limit:
             limits = plan.limits_for(ctx.model, ctx.traffic_class == "batch")
             if not limits.limits:  # a fallback on retry may have some: move
                 at = len(ctx.response_headers)
-                ctx.admitted = Admitted(limits, [], (), at, at)
+                ctx.admitted = (limits, [], (), at, at)
                 return
             checks, admission = await self._admit(ctx, plan, limits)
             if admission.allowed:
@@ -192,7 +192,7 @@ class Limit:
         self._headers(ctx, plan, new, now, outcomes)
         fresh, ctx.response_headers = ctx.response_headers, sent
         sent[start:end] = fresh
-        ctx.admitted = Admitted(
+        ctx.admitted = (
             new, [*now, reservation] if reservation is not None else now,
             outcomes, start, start + len(fresh),
         )  # fmt: skip
@@ -217,9 +217,7 @@ class Limit:
     ) -> None:
         start = len(ctx.response_headers)
         self._headers(ctx, plan, limits, checks, admission.outcomes)
-        ctx.admitted = Admitted(
-            limits, checks, admission.outcomes, start, len(ctx.response_headers)
-        )
+        ctx.admitted = (limits, checks, admission.outcomes, start, len(ctx.response_headers))
         if limits.has_leases:
             ctx.leases = [c for c in checks if isinstance(c, LeaseCheck)]
         if limits.metered:
