@@ -51,6 +51,10 @@ class ServerConfig(Frozen):
     # Load balancers / proxies whose X-Forwarded-For is believed (CIDRs). From any other
     # peer the header is ignored: the client address (per-IP limits, logs) is the peer's.
     trusted_proxies: list[IPvAnyNetwork] = []
+    # Tracked objects allocated (net) between young-generation collections of Python's
+    # cycle collector (Python's own default: 700). A request allocates a few hundred, so
+    # at 700 the collector ran every few requests; read at start.
+    gc_threshold: int = Field(default=10_000, ge=100)
     _listen = field_validator("listen")(_check_listen)
 
 
