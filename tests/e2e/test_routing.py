@@ -455,6 +455,37 @@ def test_a_fallback_its_own_quota_refuses_is_not_taken(tmp_path: Path) -> None:
         fleet.stop()
 
 
+def test_a_fallback_its_per_model_rate_limit_just_refused_is_not_taken(
+    tmp_path: Path, store: dict[str, Any]
+) -> None:
+    """gpt-3.5-turbo's per-model limit (1 a minute) has just refused a request: on
+    Redis that refusal is cached with the plan's two limits, and the fallback's move
+    asks about the per-model one alone. When gpt-4 then fails, the answer is gpt-4's
+    failure (not a gateway error), and gpt-3.5-turbo is not called again."""
+    limits = {
+        "limits": [
+            {"scope": "key", "requests": 1000, "per": "1m"},
+            {"scope": ["key", "model"], "requests": 1, "per": "1m"},
+        ]
+    }
+    fleet = start_fleet(tmp_path, plan=limits, store=store)
+    try:
+        with fleet.client() as client:
+            served_by(client, CHEAP)
+            with pytest.raises(openai.RateLimitError):
+                served_by(client, CHEAP)
+            faults(fleet.eu, fail_next=1, error_status=500)
+            faults(fleet.us, fail_next=1, error_status=500)
+            with pytest.raises(openai.APIStatusError) as raised:
+                client.chat.completions.create(model=GPT4, messages=messages("hi"))
+        assert raised.value.status_code == 502
+        assert seen(fleet.cheap) == 1
+        refusals = scrape(fleet.gateway.admin_url)
+        assert total(refusals, "quotagate_fallback_refusals_total", model=GPT4) == 1
+    finally:
+        fleet.stop()
+
+
 def test_without_any_deployment_the_answer_is_a_503_with_retry_after(fleet: Fleet) -> None:
     for mock in (fleet.eu, fleet.us, fleet.cheap):
         mock.stop()

@@ -115,7 +115,8 @@ class LimitEngine:
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown)
         self._clock = clock
         self._local = MemoryStore(clock)
-        self._refusing: dict[str, tuple[float, Admission]] = {}
+        # refusing key → (until, the refused list's keys, its admission)
+        self._refusing: dict[str, tuple[float, tuple[str, ...], Admission]] = {}
         self._degraded = 0
         self._next_log = 0.0
         self._last_error = ""
@@ -265,12 +266,15 @@ class LimitEngine:
             entry = self._refusing.get(check.key)
             if entry is None:
                 continue
-            until, admission = entry
+            until, keys, admission = entry
             if until <= now:
                 del self._refusing[check.key]
                 continue
+            answer = _reshaped(admission, keys, checks, check.key)
+            if answer is None:
+                continue
             NEGATIVE_CACHE_HITS.inc()
-            return _aged(admission, until - now)
+            return _aged(answer, until - now)
         return None
 
     def _remember_refusal(self, checks: Sequence[Check], admission: Admission, now: float) -> None:
@@ -284,7 +288,8 @@ class LimitEngine:
             retry = admission.outcomes[admission.denied].retry_after
             if len(self._refusing) > 100_000:
                 self._refusing.clear()
-            self._refusing[check.key] = (now + retry, admission)
+            keys = tuple(c.key for c in checks)
+            self._refusing[check.key] = (now + retry, keys, admission)
 
     def _degrade(self, limits: Sequence[CompiledLimit], checks: Sequence[Check]) -> Admission:
         self._note_degraded()
@@ -329,6 +334,23 @@ class LimitEngine:
     @property
     def store_state(self) -> str:
         return "ok" if self.breaker.state == "closed" else "degraded"
+
+
+def _reshaped(
+    admission: Admission, keys: tuple[str, ...], checks: Sequence[Check], refusing: str
+) -> Admission | None:
+    """A cached refusal as an answer to ``checks``: its outcomes in their order and the
+    refusing key's index among them. Lists differ when the same counter is checked with
+    other limits (a fallback moved after admission checks only the limits it gains; a
+    batch request's limits come in another order). None when the cache holds no outcome
+    for one of ``checks``: the store decides."""
+    if len(keys) == len(checks) and all(c.key == k for c, k in zip(checks, keys, strict=True)):
+        return admission
+    held = dict(zip(keys, admission.outcomes, strict=False))
+    if not all(c.key in held for c in checks):
+        return None
+    denied = next(i for i, c in enumerate(checks) if c.key == refusing)
+    return Admission(False, tuple(held[c.key] for c in checks), denied)
 
 
 def _aged(admission: Admission, left: float) -> Admission:

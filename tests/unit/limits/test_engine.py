@@ -133,3 +133,42 @@ async def test_negative_cache_answers_a_known_refusal_without_the_store() -> Non
     clock.now += refused.outcomes[0].retry_after + 0.01
     await eng.admit(limits, checks)
     assert store.calls == calls + 1
+
+
+def two_limits() -> tuple[list[CompiledLimit], list[Check]]:
+    """A plan-wide limit that never refuses and a per-model one that refuses the second
+    request: the shape a fallback's move meets (it checks only the model's limit)."""
+    wide, per_model = (
+        compile_limit(LimitRule.model_validate({"scope": scope, "requests": n, "per": 60}))
+        for scope, n in (("key", 1000), ("model", 1))
+    )
+    limits = [wide, per_model]
+    return limits, [lim.check(VALUES, "id1") for lim in limits]
+
+
+async def test_a_cached_refusal_answers_a_shorter_list_in_that_lists_order() -> None:
+    store, clock = ScriptedStore(), Clock()
+    limits, checks = two_limits()
+    eng = engine(store, clock)
+    assert (await eng.admit(limits, checks)).allowed
+    refused = await eng.admit(limits, checks)
+    assert not refused.allowed and refused.denied == 1
+    calls = store.calls
+    alone = await eng.admit(limits[1:], checks[1:])  # the per-model limit only
+    assert store.calls == calls  # answered from the cache...
+    assert not alone.allowed and alone.denied == 0  # ...for the list it was asked about
+    assert len(alone.outcomes) == 1 and alone.outcomes[0].remaining == 0
+    assert alone.outcomes[0].retry_after > 0
+
+
+async def test_a_cached_refusal_of_a_shorter_list_leaves_a_longer_one_to_the_store() -> None:
+    store, clock = ScriptedStore(), Clock()
+    limits, checks = two_limits()
+    eng = engine(store, clock)
+    assert (await eng.admit(limits[1:], checks[1:])).allowed
+    assert not (await eng.admit(limits[1:], checks[1:])).allowed  # cached: one outcome
+    calls = store.calls
+    both = await eng.admit(limits, checks)
+    assert store.calls == calls + 1  # no outcome cached for the plan-wide limit
+    assert not both.allowed and both.denied == 1 and len(both.outcomes) == 2
+    assert both.outcomes[0].remaining > 0
