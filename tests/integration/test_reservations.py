@@ -61,14 +61,23 @@ def reserved_micros(payload: dict[str, Any]) -> int:
 
 
 def metered_policy(
-    upstream: str, slow_upstream: str, prefix: str, database: dict[str, str], ttl: str
+    upstream: str,
+    slow_upstream: str,
+    prefix: str,
+    database: dict[str, str],
+    ttl: str,
+    flaky_upstream: str | None = None,
 ) -> dict[str, Any]:
     doc = policy(upstream)
     price = {"input_per_1m": INPUT_PER_1M, "output_per_1m": OUTPUT_PER_1M}
     doc["models"]["metered"] = {"price": price, "deployments": [{"url": upstream}]}
     doc["models"]["metered-slow"] = {"price": price, "deployments": [{"url": slow_upstream}]}
+    if flaky_upstream is not None:  # failing, it falls back to metered-slow
+        doc["models"]["metered-flaky"] = {
+            "price": price, "deployments": [{"url": flaky_upstream}], "fallback": ["metered-slow"],
+        }  # fmt: skip
     doc["plans"]["budgeted"] = {
-        "models": ["metered", "metered-slow"],
+        "models": ["metered", "metered-slow", "metered-flaky"],
         "budget": {"amount": BUDGET / 1_000_000, "currency": "USD", "per": "month"},
     }
     doc["store"] = {"url": REDIS_URL, "prefix": prefix, "timeout": "5s"}
@@ -137,17 +146,17 @@ def slow_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
 @pytest.fixture
 def deploy(
     tmp_path: Path, upstream: str, slow_mock: Process
-) -> Iterator[Callable[[str, str], Deployment]]:
+) -> Iterator[Callable[..., Deployment]]:
     """Start a gateway on a database (``postgres`` or ``sqlite``) with a reservation
     TTL; its Redis keys and PostgreSQL schema go with the test."""
     started: list[tuple[Deployment, str | None]] = []
 
-    def start(database: str, ttl: str) -> Deployment:
+    def start(database: str, ttl: str, flaky_upstream: str | None = None) -> Deployment:
         prefix = f"qg-test-{secrets.token_hex(6)}:"
         schema = f"qg_t_{secrets.token_hex(6)}" if database == "postgres" else None
         db = {"url": PG_URL, "schema": schema} if schema else {
             "url": f"sqlite+aiosqlite:///{tmp_path}/ledger.db"}  # fmt: skip
-        doc = metered_policy(upstream, slow_mock.base_url + "/v1", prefix, db, ttl)
+        doc = metered_policy(upstream, slow_mock.base_url + "/v1", prefix, db, ttl, flaky_upstream)
         deployment = Deployment(Gateway(tmp_path / "gateway", doc), prefix)
         started.append((deployment, schema))
         deployment.gateway.start()
@@ -175,7 +184,7 @@ def reaped_total(base_url: str) -> float:
 
 @pytest.mark.postgres
 def test_a_killed_gateways_reservation_is_reaped_unsettled_and_stays_charged(
-    deploy: Callable[[str, str], Deployment],
+    deploy: Callable[..., Deployment],
 ) -> None:
     d = deploy("postgres", f"{TTL:g}s")
     survivor = d.gateway.replica()
@@ -218,6 +227,52 @@ def test_a_killed_gateways_reservation_is_reaped_unsettled_and_stays_charged(
     assert answer.status_code == 200, answer.text
     remaining = BUDGET - reserved - reserved_micros(quick)
     assert answer.headers["x-quotagate-budget-remaining"] == format_money(remaining)
+
+
+def test_a_killed_gateways_fallback_is_reaped_naming_the_model_that_served_it(
+    deploy: Callable[..., Deployment], tmp_path: Path, slow_mock: Process
+) -> None:
+    """metered-flaky fails after the limits admitted the request as its, so
+    metered-slow serves it (``Limit.move``); the gateway is killed mid-stream. The
+    reaped row names metered-slow and its deployment: the reservation was made again
+    for the fallback, and the asked model's removed (one row, one reservation)."""
+    flaky = start_mock(tmp_path)
+    try:
+        d = deploy("sqlite", f"{TTL:g}s", flaky.base_url + "/v1")
+        d.gateway.replica()  # the survivor, which reaps
+        tenant_id, key = d.tenant("killed-after-a-fallback")
+        victim = d.gateway.process
+        assert victim is not None
+        httpx.post(
+            f"{flaky.base_url}/_mock/faults", json={"fail_next": 1, "error_status": 500},
+            timeout=5,
+        ).raise_for_status()  # fmt: skip
+        ask = chat("[[mock:tokens=50]] a long answer", model="metered-flaky", stream=True)
+        headers = {"authorization": f"Bearer {key}"}
+        with (
+            httpx.Client(timeout=30, headers=headers) as client,
+            client.stream("POST", d.gateway.base_url + CHAT, json=ask) as resp,
+        ):
+            assert resp.status_code == 200
+            assert resp.headers["x-quotagate-model"] == "metered-slow"
+            request_id = resp.headers["x-request-id"]
+            lines = resp.iter_lines()  # kept: a dropped iterator closes the response
+            assert next(lines).startswith("data: {")
+            assert d.reservations(tenant_id) == 1
+            os.kill(victim.proc.pid, signal.SIGKILL)
+            victim.proc.wait(timeout=10)
+
+        def unsettled_row() -> dict[str, Any] | None:
+            rows = [r for r in d.ledger(tenant_id) if r["request_id"] == request_id]
+            return rows[0] if rows and d.reservations(tenant_id) == 0 else None
+
+        row = poll(unsettled_row, 4 * TTL, "the killed gateway's reservation reaped")
+        assert row["status"] == "unsettled", row
+        assert (row["model"], row["deployment"]) == ("metered-slow", slow_mock.base_url + "/v1")
+        assert row["cost_micros"] == row["reserved_micros"] == reserved_micros(ask), row
+        assert len(d.ledger(tenant_id)) == 1
+    finally:
+        flaky.stop()
 
 
 @dataclass
@@ -270,7 +325,7 @@ async def stop_while_in_flight(d: Deployment, tenant_id: str, key: str, n: int) 
     "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def test_sigterm_writes_every_in_flight_requests_ledger_row(
-    deploy: Callable[[str, str], Deployment], database: str
+    deploy: Callable[..., Deployment], database: str
 ) -> None:
     d = deploy(database, "15m")
     tenant_id, key = d.tenant("stopped-in-flight")

@@ -130,9 +130,10 @@ class Limit:
         old model's are refunded (a lease released; a sliding window's entry stays).
         None when moved; else the name of the new model's limit that refuses the
         request, and nothing has changed. The reservation keeps its amounts (reserved
-        at the asked model's price); settlement charges the price of the one that
-        answered. The headers admission wrote are written again for the new model's
-        limits."""
+        at the asked model's price) but is made again naming the new model and its
+        deployment (the old one removed), and dropped when the new model meters
+        nothing; settlement charges the price of the one that answered. The headers
+        admission wrote are written again for the new model's limits."""
         if ctx.admitted is None:  # not limited: an emergency bypass
             return None
         old, old_checks, old_outcomes, start, end = ctx.admitted
@@ -144,19 +145,21 @@ class Limit:
         lost = [
             c for limit, c in zip(old.limits, old_checks, strict=False) if limit.name not in kept
         ]
-        if not gained and not lost:
+        held_reservation = ctx.reservation
+        if not gained and not lost and held_reservation is None:
             return None
         p = ctx.principal
         assert p is not None
         estimate = (ctx.prompt_estimate, ctx.reserved_tokens, ctx.reserved_micros)
-        reservation = ctx.reservation
-        extra: list[Check] = []
-        if new.metered and reservation is None:  # the asked model had nothing to meter
-            reserve(ctx, plan.default_max_tokens, self._policy.snapshot.estimator, target)
-            reservation = reservation_record(
-                ctx, self._policy.snapshot.policy.accounting.reservation_ttl, target
-            )
-            extra.append(reservation)
+        ttl = self._policy.snapshot.policy.accounting.reservation_ttl
+        reservation = None
+        if new.metered:
+            if held_reservation is None:  # the asked model had nothing to meter
+                reserve(ctx, plan.default_max_tokens, self._policy.snapshot.estimator, target)
+            # A reservation naming the fallback, in place of the asked model's: if this
+            # gateway dies, the reaped row says who served (the amounts are the same).
+            reservation = reservation_record(ctx, ttl, target)
+        extra: list[Check] = [reservation] if reservation is not None else []
         too_big = next(
             (limit.name for limit in gained
              if limit.kind == "rate" and limit.unit == "tokens"
@@ -176,6 +179,8 @@ class Limit:
                 ctx.prompt_estimate, ctx.reserved_tokens, ctx.reserved_micros = estimate
                 return gained[admission.denied].name
             got = admission.outcomes
+        if held_reservation is not None and held_reservation != reservation:
+            await self._engine.settle(held_reservation, (), ())  # replaced, or unmetered
         await self._engine.release([c for c in lost if isinstance(c, LeaseCheck)])
         refunds = [c for c in lost if isinstance(c, RateCheck | CounterCheck)]
         if refunds:
