@@ -344,7 +344,7 @@ def _reshaped(
     other limits (a fallback moved after admission checks only the limits it gains; a
     batch request's limits come in another order). None when the cache holds no outcome
     for one of ``checks``: the store decides."""
-    if len(keys) == len(checks) and all(c.key == k for c, k in zip(checks, keys, strict=True)):
+    if tuple([c.key for c in checks]) == keys:  # the same list: the common case
         return admission
     held = dict(zip(keys, admission.outcomes, strict=False))
     if not all(c.key in held for c in checks):
