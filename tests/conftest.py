@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from harness import Process, start_mock
+from harness import Process, drop_redis_prefixes, start_mock
 from log_secrets import leaks
 from quotagate.db.repo import Database
 from redis_servers import RedisCluster, start_cluster
@@ -23,6 +23,14 @@ def logs_hold_no_secret(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     yield
     found = leaks(tmp_path_factory.getbasetemp())
     assert not found, "secrets in the suite's logs:\n" + "\n".join(found[:20])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_redis_left_clean() -> Iterator[None]:
+    """Keys a test left under its ``redis_prefix`` in the machine's Redis (counters
+    with long periods outlive the test) go when the session ends."""
+    yield
+    drop_redis_prefixes()
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,30 @@ from typing import Any
 import yaml
 
 QUOTAGATE = [sys.executable, "-m", "quotagate"]
+SHARED_REDIS = "redis://127.0.0.1:6379/0"  # the machine's: other users' keys live there too
+_PREFIXES: list[str] = []  # handed out by redis_prefix, dropped when the session ends
+
+
+def redis_prefix() -> str:
+    """A key prefix of the shared Redis that nothing else uses; whatever keys it holds
+    when the test session ends are deleted then (tests/conftest.py)."""
+    prefix = f"qgtest:{secrets.token_hex(6)}:"
+    _PREFIXES.append(prefix)
+    return prefix
+
+
+def drop_redis_prefixes() -> int:
+    """Delete the keys of every prefix ``redis_prefix`` handed out; how many there were."""
+    import redis
+
+    dropped = 0
+    with redis.Redis.from_url(SHARED_REDIS) as client:
+        for prefix in _PREFIXES:
+            keys = list(client.scan_iter(match=prefix + "*", count=1000))
+            if keys:
+                dropped += int(client.delete(*keys))
+    _PREFIXES.clear()
+    return dropped
 
 
 def free_port() -> int:

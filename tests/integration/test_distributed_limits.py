@@ -8,14 +8,13 @@ are admitted, whatever instance took them and whatever its clock says.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from harness import Gateway, policy
+from harness import Gateway, policy, redis_prefix
 from redis_servers import RedisCluster
 
 BODY = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]}
@@ -27,7 +26,7 @@ def limited_policy(upstream: str, store_url: str) -> dict[str, object]:
     # event loops by far more than Redis takes, and a missed deadline would (correctly)
     # degrade to the local policy. Exactness is claimed for a healthy store, and the
     # test checks that no decision was degraded.
-    doc["store"] = {"url": store_url, "prefix": f"qgtest:{secrets.token_hex(6)}:",
+    doc["store"] = {"url": store_url, "prefix": redis_prefix(),
                     "timeout": "5s"}  # fmt: skip
     # "100 per minute" as a sliding window: never more than 100 in any minute, so a
     # burst of any length admits exactly 100. (A GCRA 100/min refills one every 0.6 s

@@ -22,12 +22,12 @@ import httpx
 import pytest
 import redis
 
-from harness import Gateway, Process, policy
+from harness import Gateway, Process, policy, redis_prefix
 from redis_servers import RedisServer
 
 CHAT = "/v1/chat/completions"
 IN_FLIGHT = 3  # plans.leased: concurrent requests per tenant
-PREFIX = "qgleases:"
+PREFIX = redis_prefix()
 
 
 def chat(prompt: str) -> dict[str, Any]:

@@ -4,7 +4,6 @@ say so), and lifts it again once the model has recovered."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from harness import Gateway, policy, start_mock
+from harness import Gateway, policy, redis_prefix, start_mock
 from metrics_text import scrape, total
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -37,7 +36,7 @@ def until(condition: Callable[[], bool], within: float, what: str) -> None:
 def test_slow_first_tokens_halve_the_free_rate_on_every_instance(tmp_path: Path) -> None:
     mock = start_mock(tmp_path)
     doc = policy(mock.base_url + "/v1")
-    doc["store"] = {"url": REDIS_URL, "prefix": f"qgtest:{secrets.token_hex(6)}:"}
+    doc["store"] = {"url": REDIS_URL, "prefix": redis_prefix()}
     doc["plans"]["free"]["limits"] = [{"scope": "key", "requests": 1000, "per": "1m"}]
     doc["shaping"] = {"pressure": {"ttft_p95_above": "200ms", "window": "2s",
                                    "scale": {"free": 0.5}}}  # fmt: skip
@@ -77,7 +76,7 @@ def test_a_caller_near_its_limit_gets_no_fresh_allowance_when_pressure_scales_it
     """8 requests a minute; a key that has used 6 is, at half the rate, past most of its
     4: a tightening holds at once (a fresh scaled bucket would let 4 more through)."""
     mock = start_mock(tmp_path)
-    prefix = f"qgtest:{secrets.token_hex(6)}:"
+    prefix = redis_prefix()
     doc = policy(mock.base_url + "/v1")
     doc["store"] = {"url": REDIS_URL, "prefix": prefix}
     doc["plans"]["free"]["limits"] = [{"scope": "key", "requests": 8, "per": "1m"}]

@@ -5,7 +5,6 @@ published on Redis and every instance drops what went stale, for API keys and JW
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import Gateway, Process, policy
+from harness import Gateway, Process, policy, redis_prefix
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WITHIN = 1.0  # seconds: the bound
@@ -23,7 +22,7 @@ CACHE_TTL = "60s"  # far longer than WITHIN: only the invalidation explains a fa
 @pytest.fixture
 def fleet(tmp_path: Path, upstream: str) -> Iterator[tuple[Gateway, list[Process]]]:
     doc = policy(upstream)
-    doc["store"] = {"url": REDIS_URL, "prefix": f"qgtest:{secrets.token_hex(6)}:"}
+    doc["store"] = {"url": REDIS_URL, "prefix": redis_prefix()}
     doc["auth"] = {"key_cache_ttl": CACHE_TTL, "oauth_issuer": {"enabled": True}}
     gw = Gateway(tmp_path, doc).start()
     replicas = [gw.replica(), gw.replica()]
