@@ -77,7 +77,7 @@ def metered_policy(
             "price": price, "deployments": [{"url": flaky_upstream}], "fallback": ["metered-slow"],
         }  # fmt: skip
     doc["plans"]["budgeted"] = {
-        "models": ["metered", "metered-slow", "metered-flaky"],
+        "models": [m for m in doc["models"] if m.startswith("metered")],
         "budget": {"amount": BUDGET / 1_000_000, "currency": "USD", "per": "month"},
     }
     doc["store"] = {"url": REDIS_URL, "prefix": prefix, "timeout": "5s"}
