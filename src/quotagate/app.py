@@ -463,7 +463,7 @@ class GatewayApp:
                 # and set the p99 (up to 109 ms); after freeze +14% req/s, p99 63→18 ms.
                 gc.collect()
                 gc.freeze()
-                # Young collections less often (see ServerConfig.gc_threshold): +3-6%
+                # Young collections less often (see ServerConfig.gc_threshold): +4-5%
                 # req/s (bench/RESULTS.md), the older generations' ratios unchanged.
                 _, older, oldest = gc.get_threshold()
                 young = self.gateway.snapshot.policy.server.gc_threshold

@@ -24,7 +24,7 @@ from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import CompiledLimit, ScopeValues
 from quotagate.observability.metrics import LIMIT_BYPASSED, QUOTA_EXHAUSTED
-from quotagate.pipeline.context import RequestContext
+from quotagate.pipeline.context import Headers, RequestContext
 from quotagate.pipeline.parse import TOKEN_FIELDS
 from quotagate.pipeline.stage import PolicySource
 from quotagate.routing.catalog import Target
@@ -89,7 +89,10 @@ class Limit:
             outcome = admission.outcomes[admission.denied]
             if denied.kind == "rate":
                 _undo_degrade(ctx, mark, origin)
-                _rate_headers(ctx, limits, admission.outcomes, admission.denied, self._scale(plan))
+                scale = self._scale(plan)
+                _rate_headers(
+                    ctx.response_headers, limits, admission.outcomes, admission.denied, scale
+                )
                 raise RateLimited(_refusal(denied))
             if not self._degrade(ctx, plan, denied, outcome):
                 _undo_degrade(ctx, mark, origin)
@@ -179,8 +182,8 @@ class Limit:
                 ctx.prompt_estimate, ctx.reserved_tokens, ctx.reserved_micros = estimate
                 return gained[admission.denied].name
             got = admission.outcomes
-        if held_reservation is not None and held_reservation != reservation:
-            await self._engine.settle(held_reservation, (), ())  # replaced, or unmetered
+        if held_reservation is not None:  # replaced (it named the asked model), or unmetered
+            await self._engine.settle(held_reservation, (), ())
         await self._engine.release([c for c in lost if isinstance(c, LeaseCheck)])
         refunds = [c for c in lost if isinstance(c, RateCheck | CounterCheck)]
         if refunds:
@@ -193,10 +196,9 @@ class Limit:
         now = [held[limit.name] for limit in new.limits]
         outcomes = tuple(told[limit.name] for limit in new.limits)
         # Its headers in place of the asked model's (nothing has been sent yet).
-        sent, ctx.response_headers = ctx.response_headers, []
-        self._headers(ctx, plan, new, now, outcomes)
-        fresh, ctx.response_headers = ctx.response_headers, sent
-        sent[start:end] = fresh
+        fresh: Headers = []
+        self._headers(fresh, ctx, plan, new, now, outcomes)
+        ctx.response_headers[start:end] = fresh
         ctx.admitted = (
             new, [*now, reservation] if reservation is not None else now,
             outcomes, start, start + len(fresh),
@@ -221,7 +223,7 @@ class Limit:
         admission: Admission,
     ) -> None:
         start = len(ctx.response_headers)
-        self._headers(ctx, plan, limits, checks, admission.outcomes)
+        self._headers(ctx.response_headers, ctx, plan, limits, checks, admission.outcomes)
         ctx.admitted = (limits, checks, admission.outcomes, start, len(ctx.response_headers))
         if limits.has_leases:
             ctx.leases = [c for c in checks if isinstance(c, LeaseCheck)]
@@ -232,38 +234,30 @@ class Limit:
 
     def _headers(
         self,
+        into: Headers,
         ctx: RequestContext,
         plan: CompiledPlan,
         limits: LimitSet,
         checks: Sequence[Check],
         outcomes: Sequence[CheckOutcome],
     ) -> None:
-        """What an admitted request is told about its limits (and alerts to send)."""
+        """What an admitted request is told about its limits, appended to ``into``: the
+        rate-limit headers, what its quotas leave, a warning per quota past an alert
+        threshold (and the alert, sent once per threshold and period)."""
         if limits.rates:
-            _rate_headers(ctx, limits, outcomes, -1, self._scale(plan))
-        if limits.has_quotas:
-            self._feedback(ctx, plan, limits, checks, outcomes)
-
-    def _feedback(
-        self,
-        ctx: RequestContext,
-        plan: CompiledPlan,
-        limits: LimitSet,
-        checks: Sequence[Check],
-        outcomes: Sequence[CheckOutcome],
-    ) -> None:
+            _rate_headers(into, limits, outcomes, -1, self._scale(plan))
+        if not limits.has_quotas:
+            return
         n, count = limits.rates, len(limits.limits)
         quotas = limits.limits[n:count]
         counters: Sequence[CounterCheck] = checks[n:count]  # type: ignore[assignment]
         outcomes = outcomes[n:count]
-        ctx.response_headers += quota_headers(limits.quota_groups, counters, outcomes)
+        into += quota_headers(limits.quota_groups, counters, outcomes)
         for limit, check, outcome in zip(quotas, counters, outcomes, strict=True):
             reached = crossed(limit, check, outcome)
             if reached is None:
                 continue
-            ctx.response_headers.append(
-                (b"x-quotagate-quota-warning", warning(limit, check, outcome, reached))
-            )
+            into.append((b"x-quotagate-quota-warning", warning(limit, check, outcome, reached)))
             if self._alerts is not None and ctx.principal is not None:
                 self._alerts.reached(ctx.principal, limit, check, outcome, reached, plan.currency)
 
@@ -342,18 +336,16 @@ def _check(
 
 
 def _rate_headers(
-    ctx: RequestContext,
+    into: Headers,
     limits: LimitSet,
     outcomes: Sequence[CheckOutcome],
     denied: int,
     scale: float = 1.0,
 ) -> None:
     rates = limits.limits[: limits.rates]  # the rate limits come first
-    ctx.response_headers.extend(
-        rate_limit_headers(rates, outcomes, denied, limits.policy_header, scale)
-    )
+    into += rate_limit_headers(rates, outcomes, denied, limits.policy_header, scale)
     if scale != 1.0:  # model pressure scaled them (shaping.pressure)
-        ctx.response_headers.append((b"x-quotagate-limit-factor", f"{scale:g}".encode()))
+        into.append((b"x-quotagate-limit-factor", f"{scale:g}".encode()))
 
 
 def _undo_degrade(
