@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
 QUOTAGATE = [sys.executable, "-m", "quotagate"]
@@ -38,8 +39,6 @@ def redis_prefix() -> str:
 
 def drop_redis_prefixes() -> int:
     """Delete the keys of every prefix ``redis_prefix`` handed out; how many there were."""
-    import redis
-
     dropped = 0
     with redis.Redis.from_url(SHARED_REDIS) as client:
         for prefix in _PREFIXES:

@@ -48,6 +48,13 @@ def faults(mock: Process, **settings: float) -> None:
     httpx.post(f"{mock.base_url}/_mock/faults", json=settings, timeout=5).raise_for_status()
 
 
+def gpt4_fails_once(fleet: Fleet) -> None:
+    """Both gpt-4 deployments answer their next request with a 500: a request for gpt-4
+    is admitted as gpt-4 and served by its fallback on a retry."""
+    for mock in (fleet.eu, fleet.us):
+        faults(mock, fail_next=1, error_status=500)
+
+
 def seen(mock: Process) -> int:
     return int(httpx.get(f"{mock.base_url}/_mock/stats", timeout=5).json()["requests"])
 
@@ -387,8 +394,7 @@ def test_a_fallback_on_a_retry_is_counted_by_the_fallback_models_quota(
     ask = {"messages": messages("[[mock:tokens=7]] hi"), "max_tokens": 50}
     try:
         with fleet.client() as client:
-            faults(fleet.eu, fail_next=1, error_status=500)
-            faults(fleet.us, fail_next=1, error_status=500)
+            gpt4_fails_once(fleet)
             fell = client.chat.completions.with_raw_response.create(model=GPT4, **ask)
             assert fell.headers["x-quotagate-model"] == CHEAP
             assert fell.headers["x-quotagate-fallback"] == f"{GPT4} -> {CHEAP}; reason=outage"
@@ -421,8 +427,7 @@ def test_a_fallback_on_a_retry_moves_a_limit_counted_by_model(tmp_path: Path) ->
     fleet = start_fleet(tmp_path, plan=limits)
     try:
         with fleet.client() as client:
-            faults(fleet.eu, fail_next=1, error_status=500)
-            faults(fleet.us, fail_next=1, error_status=500)
+            gpt4_fails_once(fleet)
             fell = client.chat.completions.with_raw_response.create(
                 model=GPT4, messages=messages("hi")
             )
@@ -443,8 +448,7 @@ def test_a_fallback_its_own_quota_refuses_is_not_taken(tmp_path: Path) -> None:
     fleet = start_fleet(tmp_path, plan=per_model_quotas(100_000, 30))
     try:
         with fleet.client() as client:
-            faults(fleet.eu, fail_next=1, error_status=500)
-            faults(fleet.us, fail_next=1, error_status=500)
+            gpt4_fails_once(fleet)
             with pytest.raises(openai.APIStatusError) as raised:
                 client.chat.completions.create(model=GPT4, messages=messages("hi"), max_tokens=50)
         assert raised.value.status_code == 502
@@ -474,8 +478,7 @@ def test_a_fallback_its_per_model_rate_limit_just_refused_is_not_taken(
             served_by(client, CHEAP)
             with pytest.raises(openai.RateLimitError):
                 served_by(client, CHEAP)
-            faults(fleet.eu, fail_next=1, error_status=500)
-            faults(fleet.us, fail_next=1, error_status=500)
+            gpt4_fails_once(fleet)
             with pytest.raises(openai.APIStatusError) as raised:
                 client.chat.completions.create(model=GPT4, messages=messages("hi"))
         assert raised.value.status_code == 502

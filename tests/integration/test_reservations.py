@@ -18,7 +18,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,10 +76,14 @@ def metered_policy(
         doc["models"]["metered-flaky"] = {
             "price": price, "deployments": [{"url": flaky_upstream}], "fallback": ["metered-slow"],
         }  # fmt: skip
+    metered = [m for m in doc["models"] if m.startswith("metered")]
     doc["plans"]["budgeted"] = {
-        "models": [m for m in doc["models"] if m.startswith("metered")],
+        "models": metered,
         "budget": {"amount": BUDGET / 1_000_000, "currency": "USD", "per": "month"},
     }
+    if flaky_upstream is not None:  # a quota on metered-flaky alone: its fallback is free
+        quota = {"scope": "tenant", "model": "metered-flaky", "tokens": 10**9, "per": "day"}
+        doc["plans"]["flaky-quota"] = {"models": metered, "quotas": [quota]}
     doc["store"] = {"url": REDIS_URL, "prefix": prefix, "timeout": "5s"}
     doc["database"] = database
     doc["accounting"] = {"reservation_ttl": ttl, "ledger": {"flush_interval": "200ms"}}
@@ -108,9 +112,9 @@ class Deployment:
     gateway: Gateway
     prefix: str
 
-    def tenant(self, name: str) -> tuple[str, str]:
+    def tenant(self, name: str, plan: str = "budgeted") -> tuple[str, str]:
         gw = self.gateway
-        created = gw.cli("tenants", "create", name, "--plan", "budgeted", "--json")
+        created = gw.cli("tenants", "create", name, "--plan", plan, "--json")
         keys = gw.cli("keys", "create", "--tenant", name, "--json")
         return str(json.loads(created)["id"]), str(json.loads(keys)["key"])
 
@@ -230,49 +234,81 @@ def test_a_killed_gateways_reservation_is_reaped_unsettled_and_stays_charged(
 
 
 def test_a_killed_gateways_fallback_is_reaped_naming_the_model_that_served_it(
-    deploy: Callable[..., Deployment], tmp_path: Path, slow_mock: Process
+    deploy: Callable[..., Deployment], flaky: Process, slow_mock: Process
 ) -> None:
     """metered-flaky fails after the limits admitted the request as its, so
     metered-slow serves it (``Limit.move``); the gateway is killed mid-stream. The
     reaped row names metered-slow and its deployment: the reservation was made again
     for the fallback, and the asked model's removed (one row, one reservation)."""
-    flaky = start_mock(tmp_path)
-    try:
-        d = deploy("sqlite", f"{TTL:g}s", flaky.base_url + "/v1")
-        d.gateway.replica()  # the survivor, which reaps
-        tenant_id, key = d.tenant("killed-after-a-fallback")
-        victim = d.gateway.process
-        assert victim is not None
-        httpx.post(
-            f"{flaky.base_url}/_mock/faults", json={"fail_next": 1, "error_status": 500},
-            timeout=5,
-        ).raise_for_status()  # fmt: skip
-        ask = chat("[[mock:tokens=50]] a long answer", model="metered-flaky", stream=True)
-        headers = {"authorization": f"Bearer {key}"}
-        with (
-            httpx.Client(timeout=30, headers=headers) as client,
-            client.stream("POST", d.gateway.base_url + CHAT, json=ask) as resp,
-        ):
-            assert resp.status_code == 200
-            assert resp.headers["x-quotagate-model"] == "metered-slow"
-            request_id = resp.headers["x-request-id"]
-            lines = resp.iter_lines()  # kept: a dropped iterator closes the response
-            assert next(lines).startswith("data: {")
-            assert d.reservations(tenant_id) == 1
-            os.kill(victim.proc.pid, signal.SIGKILL)
-            victim.proc.wait(timeout=10)
+    d = deploy("sqlite", f"{TTL:g}s", flaky.base_url + "/v1")
+    d.gateway.replica()  # the survivor, which reaps
+    tenant_id, key = d.tenant("killed-after-a-fallback")
+    victim = d.gateway.process
+    assert victim is not None
+    ask = chat("[[mock:tokens=50]] a long answer", model="metered-flaky", stream=True)
+    with streamed_by_the_fallback(d, flaky, key, ask) as request_id:
+        assert d.reservations(tenant_id) == 1
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.wait(timeout=10)
 
-        def unsettled_row() -> dict[str, Any] | None:
-            rows = [r for r in d.ledger(tenant_id) if r["request_id"] == request_id]
-            return rows[0] if rows and d.reservations(tenant_id) == 0 else None
+    def unsettled_row() -> dict[str, Any] | None:
+        rows = [r for r in d.ledger(tenant_id) if r["request_id"] == request_id]
+        return rows[0] if rows and d.reservations(tenant_id) == 0 else None
 
-        row = poll(unsettled_row, 4 * TTL, "the killed gateway's reservation reaped")
-        assert row["status"] == "unsettled", row
-        assert (row["model"], row["deployment"]) == ("metered-slow", slow_mock.base_url + "/v1")
-        assert row["cost_micros"] == row["reserved_micros"] == reserved_micros(ask), row
-        assert len(d.ledger(tenant_id)) == 1
-    finally:
-        flaky.stop()
+    row = poll(unsettled_row, 4 * TTL, "the killed gateway's reservation reaped")
+    assert row["status"] == "unsettled", row
+    assert (row["model"], row["deployment"]) == ("metered-slow", slow_mock.base_url + "/v1")
+    assert row["cost_micros"] == row["reserved_micros"] == reserved_micros(ask), row
+    assert len(d.ledger(tenant_id)) == 1
+
+
+def test_a_fallback_that_meters_nothing_holds_no_reservation(
+    deploy: Callable[..., Deployment], flaky: Process
+) -> None:
+    """Only metered-flaky has a quota: once metered-slow serves in its place, nothing
+    is reserved while it answers, and the request's own row names metered-slow (the
+    client left after the first chunk: client_disconnected)."""
+    d = deploy("sqlite", f"{TTL:g}s", flaky.base_url + "/v1")
+    tenant_id, key = d.tenant("free-fallback", plan="flaky-quota")
+    ask = chat("[[mock:tokens=10]] an answer", model="metered-flaky", stream=True)
+    with streamed_by_the_fallback(d, flaky, key, ask) as request_id:
+        assert d.reservations(tenant_id) == 0
+
+    def row() -> dict[str, Any] | None:
+        rows = [r for r in d.ledger(tenant_id) if r["request_id"] == request_id]
+        return rows[0] if rows else None
+
+    written = poll(row, 10, "the request's ledger row")
+    assert (written["status"], written["model"]) == ("client_disconnected", "metered-slow")
+
+
+@pytest.fixture
+def flaky(tmp_path: Path) -> Iterator[Process]:
+    """A private mock for metered-flaky, told to fail by ``streamed_by_the_fallback``."""
+    proc = start_mock(tmp_path)
+    yield proc
+    proc.stop()
+
+
+@contextmanager
+def streamed_by_the_fallback(
+    d: Deployment, flaky: Process, key: str, ask: dict[str, Any]
+) -> Iterator[str]:
+    """``ask`` for metered-flaky, whose next answer is a 500: metered-slow streams it
+    on the retry. Yields the request id once the first chunk has arrived."""
+    httpx.post(
+        f"{flaky.base_url}/_mock/faults", json={"fail_next": 1, "error_status": 500}, timeout=5
+    ).raise_for_status()
+    headers = {"authorization": f"Bearer {key}"}
+    with (
+        httpx.Client(timeout=30, headers=headers) as client,
+        client.stream("POST", d.gateway.base_url + CHAT, json=ask) as resp,
+    ):
+        assert resp.status_code == 200
+        assert resp.headers["x-quotagate-model"] == "metered-slow"
+        lines = resp.iter_lines()  # kept: a dropped iterator closes the response
+        assert next(lines).startswith("data: {")
+        yield resp.headers["x-request-id"]
 
 
 @dataclass
