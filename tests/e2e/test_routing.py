@@ -441,6 +441,27 @@ def test_a_fallback_on_a_retry_moves_a_limit_counted_by_model(tmp_path: Path) ->
         fleet.stop()
 
 
+def test_a_fallback_on_a_retry_answers_with_the_fallbacks_rate_limit_headers(
+    tmp_path: Path,
+) -> None:
+    """2 a minute per key and model; gpt-3.5-turbo has used one. A gpt-4 request it
+    serves on a retry is told gpt-3.5-turbo's state (none left), not gpt-4's (one)."""
+    limits = {"limits": [{"scope": ["key", "model"], "requests": 2, "per": "1m"}]}
+    fleet = start_fleet(tmp_path, plan=limits)
+    try:
+        with fleet.client() as client:
+            served_by(client, CHEAP)
+            gpt4_fails_once(fleet)
+            fell = client.chat.completions.with_raw_response.create(
+                model=GPT4, messages=messages("hi")
+            )
+        assert fell.headers["x-quotagate-model"] == CHEAP
+        assert fell.headers.get_list("x-ratelimit-remaining-requests") == ["0"]
+        assert ";r=0;" in fell.headers["ratelimit"]
+    finally:
+        fleet.stop()
+
+
 def test_a_fallback_its_own_quota_refuses_is_not_taken(tmp_path: Path) -> None:
     """gpt-3.5-turbo's quota cannot take the request (30 tokens a day, the request may
     use ~60): when gpt-4 fails, the answer is gpt-4's failure, and gpt-3.5-turbo is
