@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 import yaml
 
 QUOTAGATE = [sys.executable, "-m", "quotagate"]
@@ -39,6 +38,10 @@ def redis_prefix() -> str:
 
 def drop_redis_prefixes() -> int:
     """Delete the keys of every prefix ``redis_prefix`` handed out; how many there were."""
+    # Imported here: redis-py loads OpenTelemetry when it is installed, and the test
+    # that tracing off imports none of it runs this module in its own process.
+    import redis
+
     dropped = 0
     with redis.Redis.from_url(SHARED_REDIS) as client:
         for prefix in _PREFIXES:
