@@ -9,6 +9,7 @@ the client as the upstream sends them.
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import orjson
@@ -48,6 +49,13 @@ def usage_of(body: bytes) -> Usage | None:
     return _usage(answer.get("usage")) if isinstance(answer, dict) else None
 
 
+# An event ends at a blank line; a line ends at CRLF, LF or CR (the SSE spec). LF only
+# is the common framing and takes a faster path; servers built on sse-starlette (e.g.
+# llama-cpp-python's) end lines with CRLF.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+_TEXT_FIELDS = frozenset({"content", "refusal", "reasoning_content", "reasoning"})
+
+
 class StreamUsage:
     """Fed the stream's chunks; returns what to pass on, and keeps the usage."""
 
@@ -55,41 +63,101 @@ class StreamUsage:
         self._strip = strip_usage_chunk
         self._pending = b""
         self.usage: Usage | None = None
-        self.text_chars = 0  # for streams whose upstream reports nothing
+        self.text_chars = 0  # produced output, for streams whose upstream reports nothing
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._pending = data
-            return b""
-        complete, self._pending = data[: end + 2], data[end + 2 :]
-        return b"".join(self._event(e + b"\n\n") for e in complete[:-2].split(b"\n\n"))
+        if b"\r" not in data:
+            end = data.rfind(b"\n\n")
+            if end < 0:
+                self._pending = data
+                return b""
+            complete, self._pending = data[: end + 2], data[end + 2 :]
+            return b"".join(self._event(e + b"\n\n") for e in complete[:-2].split(b"\n\n"))
+        # A CR last may be the first half of a CRLF: wait for what follows it.
+        scan = data[:-1] if data.endswith(b"\r") else data
+        out, start = [], 0
+        for match in _EVENT_END.finditer(scan):
+            out.append(self._event(data[start : match.end()]))
+            start = match.end()
+        self._pending = data[start:]
+        return b"".join(out)
 
     def flush(self) -> bytes:
+        """The stream ended: its last event, even without the blank line that ends one."""
         rest, self._pending = self._pending, b""
-        return rest
+        return self._event(rest) if rest.strip() else rest
 
     def _event(self, event: bytes) -> bytes:
-        payload = event.strip()
-        if not payload.startswith(b"data:") or payload.endswith(b"[DONE]"):
+        body = event.rstrip(b"\r\n")
+        if body.startswith(b"data:") and b"\n" not in body and b"\r" not in body:
+            line, lines = body, [body]  # nearly every event: one data line
+        else:
+            lines = body.splitlines()
+            data = [line for line in lines if line.startswith(b"data:")]
+            if len(data) != 1:  # a comment, a multi-line event: not a JSON chunk of ours
+                return event
+            line = data[0]
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
             return event
         try:
-            chunk = orjson.loads(payload[5:])
+            chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return event
         if not isinstance(chunk, dict):
             return event
-        if chunk.get("usage") and not chunk.get("choices"):
-            self.usage = _usage(chunk["usage"])
-            return b"" if self._strip else event
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
-            text = text or choice.get("text") or ""
-            self.text_chars += len(text) if isinstance(text, str) else 0
-        return event
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            self.text_chars += _produced_chars(choice)
+        reported = chunk.get("usage")  # null on every other chunk (OpenAI)
+        if reported is None or (usage := _usage(reported)) is None:
+            return event
+        self.usage = usage  # the last one counts: some upstreams report as they go
+        if not self._strip:
+            return event
+        if not choices:
+            return b""  # the usage chunk the gateway asked for: the client did not
+        # Usage riding on a content chunk (Gemini, vLLM's continuous usage): the chunk
+        # goes on without it, in the event's own line endings.
+        del chunk["usage"]
+        end = event[len(body) :]
+        newline = b"\r\n" if end.startswith(b"\r\n") else end[:1] or b"\n"
+        rebuilt = [b"data: " + orjson.dumps(chunk) if kept is line else kept for kept in lines]
+        return newline.join(rebuilt) + (end or newline * 2)
 
     @property
     def produced_tokens(self) -> int:
         return chars_to_tokens(self.text_chars)
+
+
+def _produced_chars(choice: Any) -> int:
+    """Characters of output in one streamed choice: text, refusals, reasoning, and the
+    name and arguments of tool (and legacy function) calls."""
+    if not isinstance(choice, dict):
+        return 0
+    count = _length(choice.get("text"))  # completions
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        return count
+    for field, value in delta.items():  # a delta holds a field or two: walk those
+        if type(value) is str:
+            if field in _TEXT_FIELDS:
+                count += len(value)
+        elif field == "tool_calls" and isinstance(value, list):
+            for call in value:
+                if isinstance(call, dict):
+                    count += _call_chars(call.get("function"))
+        elif field == "function_call":  # the legacy form
+            count += _call_chars(value)
+    return count
+
+
+def _call_chars(function: Any) -> int:
+    if not isinstance(function, dict):
+        return 0
+    return _length(function.get("name")) + _length(function.get("arguments"))
+
+
+def _length(text: Any) -> int:
+    return len(text) if isinstance(text, str) else 0
