@@ -156,8 +156,9 @@ class MemoryStore:
     def adjust_now(
         self, checks: Sequence[Adjustable], deltas: Sequence[int], at: float | None = None
     ) -> None:
-        """``at``: when the request was admitted (wall clock), for calendar counters: a
-        correction goes to the period it was charged in, or nowhere if that has ended."""
+        """``at``: when the request was admitted (wall clock), for window and calendar
+        counters: a correction goes to the window or period it was charged in, or nowhere
+        if that has ended."""
         now = self._clock()
         admitted = self._wall() if at is None else at
         counters = self._counters
@@ -166,7 +167,7 @@ class MemoryStore:
                 held = counters.get(check.key)
                 if held is None:
                     continue
-                if check.window or held[0] == self._bounds(check, admitted)[0]:
+                if held[0] == self._bounds(check, admitted)[0]:  # the window it was in
                     counters[check.key] = (held[0], max(0, held[1] + delta), held[2])
                 continue
             assert isinstance(check, RateCheck)

@@ -119,7 +119,8 @@ def _calendar_spec(check: CounterCheck) -> str:
 
 def _adjust_args(check: Adjustable, delta: int) -> tuple[str, float | str, int]:
     if isinstance(check, CounterCheck):  # a calendar counter: only the period charged
-        return ("c", "0" if check.window else _calendar_spec(check), delta)
+        spec = f"f:{round(check.window * _US)}" if check.window else _calendar_spec(check)
+        return ("c", spec, delta)
     return ("g", check.interval * _US, delta)
 
 
@@ -194,10 +195,16 @@ class RedisStore:
         if leases:
             await self.release(leases)
 
-    async def adjust(self, checks: Sequence[Adjustable], deltas: Sequence[int]) -> None:
+    async def adjust(
+        self, checks: Sequence[Adjustable], deltas: Sequence[int], at_us: int | None = None
+    ) -> None:
+        """``at_us``: when the request was admitted (the server's µs, as a settlement
+        answers it), for window and calendar counters; else the server's now."""
         for group in self._by_slot(checks):
             keys = [self.prefix + checks[i].key for i in group]
-            args = [a for i in group for a in _adjust_args(checks[i], deltas[i])]
+            args: list[Any] = [a for i in group for a in _adjust_args(checks[i], deltas[i])]
+            if at_us is not None:
+                args.append(at_us)
             await self._call(self._adjust, keys, args)
 
     async def settle(
@@ -211,12 +218,15 @@ class RedisStore:
         args += [a for i in own for a in _adjust_args(checks[i], deltas[i])]
         try:
             async with self._slots:
-                settled = bool(await self._adjust(keys=keys, args=args) != -1)
+                admitted_at = int(await self._adjust(keys=keys, args=args))
         except Exception as exc:  # redis-py raises more than RedisError on broken links
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        settled = admitted_at != -1
         rest = [i for i in range(len(checks)) if i not in own]
-        if settled and rest:  # other slots (global scopes in a Cluster): a second call
-            await self.adjust([checks[i] for i in rest], [deltas[i] for i in rest])
+        if settled and rest:  # other slots (global scopes in a Cluster): a second call,
+            # at the admission's instant, so that a correction keeps to its period
+            rest_checks, rest_deltas = [checks[i] for i in rest], [deltas[i] for i in rest]
+            await self.adjust(rest_checks, rest_deltas, at_us=admitted_at)
         return settled
 
     def _slot(self, key: str) -> int:
