@@ -1,7 +1,8 @@
 """What a request reserves before it is forwarded: tokens and money, settled later.
 
 Tokens: the prompt estimate plus the most the answer may produce (``max_tokens``, or
-the plan's default). Money: those tokens at the model's price, in micro-units.
+the plan's default, for each of the ``n`` choices). Money: those tokens at the model's
+price, in micro-units.
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ def reserve(
     """For ``ctx``'s model, or ``target``'s (a fallback about to serve it) when given."""
     model, price = (ctx.model, ctx.price) if target is None else (target.model, target.prices)
     ctx.prompt_estimate = estimator.prompt_tokens(ctx.payload, ctx.endpoint.name, model)
-    output = (ctx.max_tokens or default_max_tokens) if ctx.endpoint.generates else 0
+    cap = ctx.max_tokens or default_max_tokens
+    output = cap * ctx.choices if ctx.endpoint.generates else 0
     ctx.reserved_tokens = ctx.prompt_estimate + output
     ctx.reserved_micros = cost_micros(ctx.prompt_estimate, output, price)
 
 
 def too_large(name: str, capacity: int, ctx: RequestContext) -> RateLimited:
     output = ctx.reserved_tokens - ctx.prompt_estimate
+    each = f"max_tokens {output // ctx.choices} x n {ctx.choices}" if ctx.choices > 1 else ""
     return RateLimited(
         f"Request too large for {name}: it may use {ctx.reserved_tokens} tokens "
-        f"(prompt ~{ctx.prompt_estimate} + max_tokens {output}), more than the "
+        f"(prompt ~{ctx.prompt_estimate} + {each or f'max_tokens {output}'}), more than the "
         f"limit of {capacity}. Lower max_tokens or shorten the prompt.",
         code="request_too_large",
     )

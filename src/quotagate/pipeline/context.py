@@ -31,6 +31,7 @@ class RequestContext:
         "body",
         "cache_key",
         "capped",
+        "choices",
         "client_ip",
         "content_length",
         "decision",
@@ -108,6 +109,7 @@ class RequestContext:
         self.model = ""
         self.stream = False
         self.max_tokens: int | None = None
+        self.choices = 1  # completions the upstream generates: n (or best_of) a request
         self.target: Target | None = None
         # The deployment whose slot shape took for this request (forward uses it), and
         # its probe ticket when that slot is a half-open circuit's probe (else 0).

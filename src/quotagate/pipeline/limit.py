@@ -259,7 +259,14 @@ class Limit:
                 continue
             into.append((b"x-quotagate-quota-warning", warning(limit, check, outcome, reached)))
             if self._alerts is not None and ctx.principal is not None:
-                self._alerts.reached(ctx.principal, limit, check, outcome, reached, plan.currency)
+                # Every threshold reached, not just the highest: a request may pass two
+                # (each is sent once a period; the ones already claimed cost a set lookup).
+                for threshold in limit.alerts:
+                    if threshold > reached:
+                        break
+                    self._alerts.reached(
+                        ctx.principal, limit, check, outcome, threshold, plan.currency
+                    )
 
     def _degrade(
         self, ctx: RequestContext, plan: CompiledPlan, denied: CompiledLimit, outcome: CheckOutcome
@@ -271,12 +278,14 @@ class Limit:
             return True
         if denied.degrade != "clamp" or not ctx.endpoint.generates:
             return False
-        left = (
+        output_left = (
             outcome.remaining - ctx.prompt_estimate
             if denied.unit == "tokens"
             else output_tokens_for(outcome.remaining, ctx.prompt_estimate, ctx.price)
         )
-        current = ctx.reserved_tokens - ctx.prompt_estimate
+        # Per choice: the upstream may write max_tokens for each of the n choices.
+        left = output_left // ctx.choices
+        current = (ctx.reserved_tokens - ctx.prompt_estimate) // ctx.choices
         if left < plan.clamp_min_tokens or left >= current:
             return False
         _set_max_tokens(ctx, left)

@@ -34,6 +34,10 @@ async def read_body(ctx: RequestContext, cap: int) -> bytes:
 
 
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+# Far above any model's output, and within what the ledger's columns hold (int32 tokens)
+# once multiplied by the choices: a larger value is a client error, not a reservation.
+MAX_OUTPUT_TOKENS = 10_000_000
+MAX_CHOICES = 128  # OpenAI's own limit on n
 
 
 def _max_tokens(payload: dict[str, Any]) -> int | None:
@@ -46,7 +50,25 @@ def _max_tokens(payload: dict[str, Any]) -> int | None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadRequest(f"'{field}' must be a positive integer.", param=field)
+        if value > MAX_OUTPUT_TOKENS:
+            raise BadRequest(f"'{field}' must be at most {MAX_OUTPUT_TOKENS}.", param=field)
         largest = value if largest is None else max(largest, value)
+    return largest
+
+
+def _choices(payload: dict[str, Any]) -> int:
+    """How many completions the upstream generates, each up to the output cap: ``n``,
+    or ``best_of`` (completions: generated and billed, the best returned)."""
+    largest = 1
+    for field in ("n", "best_of"):
+        value = payload.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadRequest(f"'{field}' must be a positive integer.", param=field)
+        if value > MAX_CHOICES:
+            raise BadRequest(f"'{field}' must be at most {MAX_CHOICES}.", param=field)
+        largest = max(largest, value)
     return largest
 
 
@@ -82,3 +104,5 @@ class Parse:
         ctx.model = model
         ctx.stream = payload.get("stream") is True
         ctx.max_tokens = _max_tokens(payload)
+        if "n" in payload or "best_of" in payload:
+            ctx.choices = _choices(payload)
