@@ -48,6 +48,9 @@ Outcome = Literal["written", "spooled", "replayed", "rejected"]
 SPOOL_GLOB = "ledger-*.jsonl"
 # The database did not answer (or answered too late): spool and retry later.
 _UNAVAILABLE = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Raised by the driver itself for a value it cannot send (an integer past the column's
+# range: sqlite3's OverflowError, asyncpg's DataError, a ValueError): that row's fault.
+_DRIVER_REFUSALS = (OverflowError, ValueError)
 
 
 class LedgerRecord(NamedTuple):
@@ -235,7 +238,7 @@ class LedgerWriter:
         """Insert ``records``; raises one of ``_UNAVAILABLE`` if the database failed."""
         try:
             inserted = await self._insert_rows(records)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, *_DRIVER_REFUSALS) as exc:
             if not _refuses_rows(exc):
                 raise
             records = [r for r in records if await self._write_or_set_aside(r)]
@@ -248,7 +251,7 @@ class LedgerWriter:
         """One at a time, to find the refused rows (rare)."""
         try:
             await self._insert_rows([record])
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, *_DRIVER_REFUSALS) as exc:
             if not _refuses_rows(exc):
                 raise
             self._set_aside([record], exc)
@@ -402,12 +405,15 @@ def _sqlite_row(record: LedgerRecord) -> tuple[Any, ...]:
     return (record[0], text, *record[2:])
 
 
-def _refuses_rows(exc: SQLAlchemyError) -> bool:
+def _refuses_rows(exc: BaseException) -> bool:
     """The database refused the rows themselves, not the connection: an integrity or
-    data error (SQLSTATE classes 23 and 22), or the driver's own type check."""
+    data error (SQLSTATE classes 23 and 22), or the driver's own type or range check."""
     if isinstance(exc, IntegrityError | DataError):
         return True
-    sqlstate = getattr(_root_cause(exc), "sqlstate", None) or ""
+    root = _root_cause(exc)
+    if isinstance(root, _DRIVER_REFUSALS) and not isinstance(root, OSError):
+        return True
+    sqlstate = getattr(root, "sqlstate", None) or ""
     return str(sqlstate)[:2] in ("22", "23")
 
 
