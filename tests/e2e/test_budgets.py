@@ -493,6 +493,31 @@ def test_clamp_lowers_max_tokens_to_what_is_left(gateway: Gateway, mock: MockUps
     assert "x-quotagate-clamped" not in fits.headers and remaining(fits) == 0
 
 
+def test_a_clamp_shares_what_is_left_among_the_n_choices(
+    gateway: Gateway, mock: MockUpstream
+) -> None:
+    """The upstream may write max_tokens for each of n choices: the reservation counts
+    them all, and a clamp divides what is left among them, so the answer cannot spend
+    past the quota (it used to reserve one choice's worth, not clamp, and spend 4x)."""
+    account = open_account(gateway, "clamp")  # 500 tokens a day, clamp, at least 16
+    client = sdk(gateway, account.key)
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT_MODEL, messages=messages("[[mock:tokens=0400]] hi"), max_tokens=400, n=4
+    )
+    clamped = raw.headers["x-quotagate-clamped"]
+    left = int(clamped.removeprefix("max_tokens=").split(";")[0])
+    assert mock.last_request()["body"]["max_tokens"] == left and 16 <= left < 125
+    assert 0 <= remaining(raw) < 4  # 500 - (estimate + 4 x left): the rounding only
+    usage = answer(raw).usage
+    assert usage is not None and len(answer(raw).choices) == 4
+    # The output reserved is the output written (each choice stopped at the cap).
+    assert usage.completion_tokens == 4 * left
+    for bad in ({"n": 0}, {"n": 129}, {"max_tokens": 10**19}):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=CHAT_MODEL, messages=messages("hi"), **bad)
+        assert info.value.param == next(iter(bad))
+
+
 def test_a_budget_clamp_fits_max_tokens_to_the_money_left(
     gateway: Gateway, mock: MockUpstream
 ) -> None:
@@ -665,14 +690,18 @@ def test_a_burst_credit_counts_until_it_expires(gateway: Gateway) -> None:
     assert poll(lambda: limit_seen(client), lambda v: v == str(FREE_TOKENS), within=10)
 
 
-def test_a_burst_credit_that_already_expired_never_counts(gateway: Gateway) -> None:
+def test_a_burst_credit_that_already_expired_is_refused(gateway: Gateway) -> None:
+    """It would never count: refused with its reason, not stored as "added"."""
     account = open_account(gateway, "free")
     client = sdk(gateway, account.key)
-    # An hour ago, written in a zone east of UTC (as an operator in Auckland might).
+    # An hour ago, written in a zone east of UTC (as an operator in Auckland might): a
+    # local time 12 hours ahead, which only its offset makes the past.
     expired = (datetime.now(UTC) - timedelta(hours=1)).astimezone(timezone(timedelta(hours=13)))
-    gateway.cli("credits", "add", account.name, "--tokens", "500", "--kind", "burst",
-                "--expires", expired.isoformat(timespec="seconds"))  # fmt: skip
-    # A valid top-up after it: once the gateway sees the top-up, it has read both.
+    with pytest.raises(RuntimeError, match="has already passed"):
+        gateway.cli("credits", "add", account.name, "--tokens", "500", "--kind", "burst",
+                    "--expires", expired.isoformat(timespec="seconds"))  # fmt: skip
+    assert credits_of(gateway, account) == []
+    # A valid top-up after it: once the gateway sees the top-up, it counts alone.
     gateway.cli("credits", "add", account.name, "--tokens", "100", "--kind", "topup")
     assert poll(lambda: limit_seen(client), lambda v: v != str(FREE_TOKENS)) == "1100"
 

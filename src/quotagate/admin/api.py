@@ -371,7 +371,9 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
         except ValueError as exc:
             raise AdminFailure(422, str(exc), "invalid_request", "by") from None
         names = {t.id: t.name for t in await gateway.db.list_tenants()}
-        body = format_rows([with_tenant_name(r, names) for r in rows], format)
+        plans = gateway.snapshot.policy.plans.values()
+        currency = next((p.budget.currency for p in plans if p.budget), "USD")  # as the CLI
+        body = format_rows([with_tenant_name(r, names) for r in rows], format, currency)
         media = "text/csv" if format == "csv" else "application/json"
         return Response(body, media_type=media)
 

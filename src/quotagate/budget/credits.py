@@ -17,6 +17,8 @@ KINDS = ("topup", "burst", "override")
 # its factor in thousandths (2.5x → 2500).
 RATE_PERMILLE = 1000
 MAX_RATE_FACTOR = 100.0
+MAX_BUDGET = 10**9  # in the currency: as the admin API's bound
+MAX_TOKENS = 10**15
 
 
 def credit_request(
@@ -27,12 +29,19 @@ def credit_request(
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if (budget is None) == (tokens is None):
         raise ValueError("give exactly one of --budget or --tokens")
+    if budget is not None and not 0 <= budget <= MAX_BUDGET:  # NaN and inf too
+        raise ValueError(f"the budget amount must be between 0 and {MAX_BUDGET}")
+    if tokens is not None and tokens > MAX_TOKENS:
+        raise ValueError(f"the token amount must be at most {MAX_TOKENS}")
     amount = to_micros(budget) if budget is not None else int(tokens or 0)
     if amount < 0 or (amount == 0 and kind != "override"):
         raise ValueError("the amount must be positive")
     if kind == "burst" and expires is None:
         raise ValueError("a burst credit expires: give --expires")
-    return ("budget" if budget is not None else "tokens"), amount, expiry(expires)
+    ends = expiry(expires)
+    if ends is not None and ends <= datetime.now(UTC):
+        raise ValueError(f"the expiry {expires!r} has already passed")
+    return ("budget" if budget is not None else "tokens"), amount, ends
 
 
 def expiry(value: str | None, now: datetime | None = None) -> datetime | None:
@@ -40,11 +49,14 @@ def expiry(value: str | None, now: datetime | None = None) -> datetime | None:
         return None
     now = now or datetime.now(UTC)
     try:
-        return now + timedelta(seconds=parse_duration(value))
-    except ValueError:
-        pass
-    at = datetime.fromisoformat(value)
-    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+        try:
+            return now + timedelta(seconds=parse_duration(value))
+        except ValueError:
+            pass
+        at = datetime.fromisoformat(value)
+        return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+    except OverflowError:  # past the calendar's range: the caller's ValueError (exit 2, 422)
+        raise ValueError(f"the expiry {value!r} is out of range") from None
 
 
 def credit_json(credit: CreditRow) -> dict[str, Any]:

@@ -11,7 +11,12 @@ from quotagate.budget.ledger import LedgerRecord
 from quotagate.pipeline.context import RequestContext
 
 # The runner's decision → the ledger's status.
-_STATUS = {"allowed": "ok", "client_disconnected": "client_disconnected", "replayed": "replayed"}
+_STATUS = {
+    "allowed": "ok",
+    "cache_hit": "ok",  # answered from the response cache (degrade): a success
+    "client_disconnected": "client_disconnected",
+    "replayed": "replayed",
+}
 
 
 def request_record(
