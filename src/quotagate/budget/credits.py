@@ -29,8 +29,8 @@ def credit_request(
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if (budget is None) == (tokens is None):
         raise ValueError("give exactly one of --budget or --tokens")
-    if budget is not None and not 0 <= budget <= MAX_BUDGET:  # NaN and inf too
-        raise ValueError(f"the budget amount must be between 0 and {MAX_BUDGET}")
+    if budget is not None and not budget <= MAX_BUDGET:  # NaN and inf too
+        raise ValueError(f"the budget amount must be a number up to {MAX_BUDGET}")
     if tokens is not None and tokens > MAX_TOKENS:
         raise ValueError(f"the token amount must be at most {MAX_TOKENS}")
     amount = to_micros(budget) if budget is not None else int(tokens or 0)
