@@ -67,18 +67,18 @@ class StreamUsage:
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk
-        if b"\r" not in data:
+        if b"\r" not in data:  # LF only: split without the regular expression
             end = data.rfind(b"\n\n")
             if end < 0:
                 self._pending = data
                 return b""
-            complete, self._pending = data[: end + 2], data[end + 2 :]
-            return b"".join(self._event(e + b"\n\n") for e in complete[:-2].split(b"\n\n"))
+            complete, self._pending = data[:end], data[end + 2 :]
+            return b"".join(self._event(e, b"\n\n") for e in complete.split(b"\n\n"))
         # A CR last may be the first half of a CRLF: wait for what follows it.
         scan = data[:-1] if data.endswith(b"\r") else data
         out, start = [], 0
         for match in _EVENT_END.finditer(scan):
-            out.append(self._event(data[start : match.end()]))
+            out.append(self._event(data[start : match.start()], match.group()))
             start = match.end()
         self._pending = data[start:]
         return b"".join(out)
@@ -86,42 +86,45 @@ class StreamUsage:
     def flush(self) -> bytes:
         """The stream ended: its last event, even without the blank line that ends one."""
         rest, self._pending = self._pending, b""
-        return self._event(rest) if rest.strip() else rest
+        body = rest.rstrip(b"\r\n")
+        return self._event(body, rest[len(body) :]) if body.strip() else rest
 
-    def _event(self, event: bytes) -> bytes:
-        body = event.rstrip(b"\r\n")
-        if body.startswith(b"data:") and b"\n" not in body and b"\r" not in body:
+    def _event(self, body: bytes, end: bytes) -> bytes:
+        """One event, ``body`` and the blank line that ends it (``end``), as it is to go
+        on: the same bytes, or less (the usage the client did not ask for)."""
+        if b"\n" not in body and b"\r" not in body:
             line, lines = body, [body]  # nearly every event: one data line
         else:
             lines = body.splitlines()
             data = [line for line in lines if line.startswith(b"data:")]
-            if len(data) != 1:  # a comment, a multi-line event: not a JSON chunk of ours
-                return event
+            if len(data) != 1:  # a multi-line event: not a JSON chunk of ours
+                return body + end
             line = data[0]
+        if not line.startswith(b"data:"):  # a comment, an id or event line alone
+            return body + end
         payload = line[5:].strip()
         if payload == b"[DONE]":
-            return event
+            return body + end
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return event
+            return body + end
         if not isinstance(chunk, dict):
-            return event
+            return body + end
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else ():
             self.text_chars += _produced_chars(choice)
         reported = chunk.get("usage")  # null on every other chunk (OpenAI)
         if reported is None or (usage := _usage(reported)) is None:
-            return event
+            return body + end
         self.usage = usage  # the last one counts: some upstreams report as they go
         if not self._strip:
-            return event
+            return body + end
         if not choices:
             return b""  # the usage chunk the gateway asked for: the client did not
         # Usage riding on a content chunk (Gemini, vLLM's continuous usage): the chunk
         # goes on without it, in the event's own line endings.
         del chunk["usage"]
-        end = event[len(body) :]
         newline = b"\r\n" if end.startswith(b"\r\n") else end[:1] or b"\n"
         rebuilt = [b"data: " + orjson.dumps(chunk) if kept is line else kept for kept in lines]
         return newline.join(rebuilt) + (end or newline * 2)
