@@ -106,21 +106,22 @@ def _args(check: Check) -> tuple[str | int | float, ...]:
     if isinstance(check, WindowCheck):
         return ("w", check.limit, round(check.window * _US), check.entry_id)
     if isinstance(check, CounterCheck):
-        spec = f"f:{round(check.window * _US)}" if check.window else _calendar_spec(check)
-        return ("c", check.limit, check.cost, spec)
+        return ("c", check.limit, check.cost, _counter_spec(check))
     if isinstance(check, ReservationCheck):
         return ("r", round(check.ttl * _US), 0, check.member)
     return ("l", check.limit, round(check.ttl * _US), check.lease_id)
 
 
-def _calendar_spec(check: CounterCheck) -> str:
+def _counter_spec(check: CounterCheck) -> str:
+    """A fixed window ``f:<µs>``, or the calendar periods ``c:<prev>:<start>:<end>:<next>``."""
+    if check.window:
+        return f"f:{round(check.window * _US)}"
     return "c:" + ":".join(str(round(b * _US)) for b in check.calendar())
 
 
 def _adjust_args(check: Adjustable, delta: int) -> tuple[str, float | str, int]:
-    if isinstance(check, CounterCheck):  # a calendar counter: only the period charged
-        spec = f"f:{round(check.window * _US)}" if check.window else _calendar_spec(check)
-        return ("c", spec, delta)
+    if isinstance(check, CounterCheck):  # only the window or period it was charged in
+        return ("c", _counter_spec(check), delta)
     return ("g", check.interval * _US, delta)
 
 
