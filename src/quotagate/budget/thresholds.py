@@ -36,34 +36,41 @@ class QuotaAlerts:
         limit: CompiledLimit,
         check: CounterCheck,
         outcome: CheckOutcome,
-        threshold: float,
+        highest: float,
         currency: str,
     ) -> None:
+        """``highest``: the highest of ``limit``'s thresholds the quota's use has reached.
+        Each threshold up to it alerts once a period: one request may pass two."""
+        if self.sender is None:
+            return
         now = time.time()
         start = check.period_at(now)[0]
-        key = f"al:{{t:{principal.tenant_id}}}:{check.key}:{start:.0f}:{threshold}"
-        if self.sender is None or key in self._claimed:
-            return
-        if len(self._claimed) >= _MAX_REMEMBERED:
-            self._claimed.clear()
-        self._claimed.add(key)
-        alert = Alert(
-            alert_id=hashlib.sha256(key.encode()).hexdigest()[:32],
-            tenant_id=principal.tenant_id,
-            tenant_name=principal.tenant_name,
-            quota=limit.name,
-            unit=limit.unit,  # type: ignore[arg-type]
-            threshold=threshold,
-            limit=check.limit,
-            used=check.limit - outcome.remaining,
-            period_start=datetime.fromtimestamp(start, UTC),
-            resets_at=datetime.fromtimestamp(now + outcome.reset_after, UTC),
-            currency=currency if limit.unit == "micros" else None,
-        )
-        ttl = max(60.0, check.next_end - now)
-        task = asyncio.create_task(self._claim_and_send(key, ttl, alert))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        for threshold in limit.alerts:  # sorted
+            if threshold > highest:
+                break
+            key = f"al:{{t:{principal.tenant_id}}}:{check.key}:{start:.0f}:{threshold}"
+            if key in self._claimed:
+                continue
+            if len(self._claimed) >= _MAX_REMEMBERED:
+                self._claimed.clear()
+            self._claimed.add(key)
+            alert = Alert(
+                alert_id=hashlib.sha256(key.encode()).hexdigest()[:32],
+                tenant_id=principal.tenant_id,
+                tenant_name=principal.tenant_name,
+                quota=limit.name,
+                unit=limit.unit,  # type: ignore[arg-type]
+                threshold=threshold,
+                limit=check.limit,
+                used=check.limit - outcome.remaining,
+                period_start=datetime.fromtimestamp(start, UTC),
+                resets_at=datetime.fromtimestamp(now + outcome.reset_after, UTC),
+                currency=currency if limit.unit == "micros" else None,
+            )
+            ttl = max(60.0, check.next_end - now)
+            task = asyncio.create_task(self._claim_and_send(key, ttl, alert))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _claim_and_send(self, key: str, ttl: float, alert: Alert) -> None:
         try:

@@ -259,14 +259,7 @@ class Limit:
                 continue
             into.append((b"x-quotagate-quota-warning", warning(limit, check, outcome, reached)))
             if self._alerts is not None and ctx.principal is not None:
-                # Every threshold reached, not just the highest: a request may pass two
-                # (each is sent once a period; the ones already claimed cost a set lookup).
-                for threshold in limit.alerts:
-                    if threshold > reached:
-                        break
-                    self._alerts.reached(
-                        ctx.principal, limit, check, outcome, threshold, plan.currency
-                    )
+                self._alerts.reached(ctx.principal, limit, check, outcome, reached, plan.currency)
 
     def _degrade(
         self, ctx: RequestContext, plan: CompiledPlan, denied: CompiledLimit, outcome: CheckOutcome
