@@ -107,6 +107,12 @@ def test_a_request_larger_than_the_limit_is_refused_outright(gateway: Gateway) -
     with pytest.raises(openai.RateLimitError) as info:
         ask(c, tokens=1, max_tokens=LIMIT + 1)
     assert info.value.code == "request_too_large"
+    # Each of n choices may write max_tokens: two of them do not fit where one would.
+    half = LIMIT // 2 + 1
+    with pytest.raises(openai.RateLimitError) as info:
+        ask(c, tokens=1, max_tokens=half, n=2)
+    assert info.value.code == "request_too_large"
+    assert f"max_tokens {half} x n 2" in info.value.message
 
 
 def test_tokens_run_out_then_429_with_token_headers(gateway: Gateway) -> None:

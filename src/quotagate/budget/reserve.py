@@ -36,10 +36,11 @@ def reserve(
 
 def too_large(name: str, capacity: int, ctx: RequestContext) -> RateLimited:
     output = ctx.reserved_tokens - ctx.prompt_estimate
-    each = f"max_tokens {output // ctx.choices} x n {ctx.choices}" if ctx.choices > 1 else ""
+    n = ctx.choices
+    asked = f"max_tokens {output // n} x n {n}" if n > 1 else f"max_tokens {output}"
     return RateLimited(
         f"Request too large for {name}: it may use {ctx.reserved_tokens} tokens "
-        f"(prompt ~{ctx.prompt_estimate} + {each or f'max_tokens {output}'}), more than the "
+        f"(prompt ~{ctx.prompt_estimate} + {asked}), more than the "
         f"limit of {capacity}. Lower max_tokens or shorten the prompt.",
         code="request_too_large",
     )

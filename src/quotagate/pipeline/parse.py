@@ -34,41 +34,27 @@ async def read_body(ctx: RequestContext, cap: int) -> bytes:
 
 
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+CHOICE_FIELDS = ("n", "best_of")  # best_of: completions generated (and billed), one returned
 # Far above any model's output, and within what the ledger's columns hold (int32 tokens)
 # once multiplied by the choices: a larger value is a client error, not a reservation.
 MAX_OUTPUT_TOKENS = 10_000_000
 MAX_CHOICES = 128  # OpenAI's own limit on n
 
 
-def _max_tokens(payload: dict[str, Any]) -> int | None:
-    """The largest output cap the request names: both fields are checked, since an
-    upstream may honour either."""
+def _largest(payload: dict[str, Any], fields: tuple[str, ...], most: int) -> int | None:
+    """The largest of ``fields`` the request names, each a positive integer up to
+    ``most``: both token fields are checked, since an upstream may honour either, and
+    both choice fields, since ``best_of`` completions are generated, ``n`` returned."""
     largest = None
-    for field in TOKEN_FIELDS:
+    for field in fields:
         value = payload.get(field)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadRequest(f"'{field}' must be a positive integer.", param=field)
-        if value > MAX_OUTPUT_TOKENS:
-            raise BadRequest(f"'{field}' must be at most {MAX_OUTPUT_TOKENS}.", param=field)
+        if value > most:
+            raise BadRequest(f"'{field}' must be at most {most}.", param=field)
         largest = value if largest is None else max(largest, value)
-    return largest
-
-
-def _choices(payload: dict[str, Any]) -> int:
-    """How many completions the upstream generates, each up to the output cap: ``n``,
-    or ``best_of`` (completions: generated and billed, the best returned)."""
-    largest = 1
-    for field in ("n", "best_of"):
-        value = payload.get(field)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BadRequest(f"'{field}' must be a positive integer.", param=field)
-        if value > MAX_CHOICES:
-            raise BadRequest(f"'{field}' must be at most {MAX_CHOICES}.", param=field)
-        largest = max(largest, value)
     return largest
 
 
@@ -103,6 +89,6 @@ class Parse:
         ctx.payload = payload
         ctx.model = model
         ctx.stream = payload.get("stream") is True
-        ctx.max_tokens = _max_tokens(payload)
-        if "n" in payload or "best_of" in payload:
-            ctx.choices = _choices(payload)
+        ctx.max_tokens = _largest(payload, TOKEN_FIELDS, MAX_OUTPUT_TOKENS)
+        if "n" in payload or "best_of" in payload:  # rare: no call for the others
+            ctx.choices = _largest(payload, CHOICE_FIELDS, MAX_CHOICES) or 1
