@@ -411,7 +411,7 @@ def _refuses_rows(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError | DataError):
         return True
     root = _root_cause(exc)
-    if isinstance(root, _DRIVER_REFUSALS) and not isinstance(root, OSError):
+    if isinstance(root, _DRIVER_REFUSALS):
         return True
     sqlstate = getattr(root, "sqlstate", None) or ""
     return str(sqlstate)[:2] in ("22", "23")
