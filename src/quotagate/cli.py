@@ -652,7 +652,12 @@ def usage(
     """Usage and cost from the ledger, grouped (tenants shown by name)."""
     from datetime import datetime
 
-    from quotagate.budget.usage_report import format_rows, usage_report, with_tenant_name
+    from quotagate.budget.usage_report import (
+        format_rows,
+        report_currency,
+        usage_report,
+        with_tenant_name,
+    )
 
     groups = [g.strip() for g in by.split(",") if g.strip()]
     try:
@@ -675,8 +680,7 @@ def usage(
             raise DatabaseError(str(exc)) from None
         names = {t.id: t.name for t in await db.list_tenants()}
         rows = [with_tenant_name(row, names) for row in rows]
-        currency = next((p.budget.currency for p in policy.plans.values() if p.budget), "USD")
-        return format_rows(rows, fmt, currency)  # type: ignore[arg-type]
+        return format_rows(rows, fmt, report_currency(policy))  # type: ignore[arg-type]
 
     typer.echo(_with_db(config, action), nl=False)
 

@@ -26,13 +26,20 @@ from quotagate.admin.repo import TOKEN_PREFIX, AdminRepo, client_json, key_json,
 from quotagate.auth.invalidation import Stale
 from quotagate.auth.jwt_auth import claim_at, scopes_of
 from quotagate.budget.credits import (
+    MAX_BUDGET,
     MAX_RATE_FACTOR,
+    MAX_TOKENS,
     RATE_PERMILLE,
     credit_json,
     credit_request,
     expiry,
 )
-from quotagate.budget.usage_report import format_rows, usage_report, with_tenant_name
+from quotagate.budget.usage_report import (
+    format_rows,
+    report_currency,
+    usage_report,
+    with_tenant_name,
+)
 from quotagate.db.repo import DatabaseError, NotFoundError
 from quotagate.errors import GatewayError
 from quotagate.observability.multiprocess import metrics_registry
@@ -99,8 +106,8 @@ class RateClear(_Body):
 class CreditCreate(_Body):
     tenant: str = Field(min_length=1, max_length=200)
     kind: Literal["topup", "burst", "override"] = "topup"
-    budget: float | None = Field(default=None, ge=0, le=10**9)  # in the plan's currency
-    tokens: int | None = Field(default=None, ge=1, le=10**15)
+    budget: float | None = Field(default=None, ge=0, le=MAX_BUDGET)  # the plan's currency
+    tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     expires: str | None = Field(default=None, max_length=32)
     note: str | None = Field(default=None, max_length=200)
 
@@ -371,9 +378,8 @@ def build_admin_app(gateway: "Gateway") -> FastAPI:
         except ValueError as exc:
             raise AdminFailure(422, str(exc), "invalid_request", "by") from None
         names = {t.id: t.name for t in await gateway.db.list_tenants()}
-        plans = gateway.snapshot.policy.plans.values()
-        currency = next((p.budget.currency for p in plans if p.budget), "USD")  # as the CLI
-        body = format_rows([with_tenant_name(r, names) for r in rows], format, currency)
+        rows = [with_tenant_name(r, names) for r in rows]
+        body = format_rows(rows, format, report_currency(gateway.snapshot.policy))
         media = "text/csv" if format == "csv" else "application/json"
         return Response(body, media_type=media)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ KINDS = ("topup", "burst", "override")
 # its factor in thousandths (2.5x → 2500).
 RATE_PERMILLE = 1000
 MAX_RATE_FACTOR = 100.0
-MAX_BUDGET = 10**9  # in the currency: as the admin API's bound
+MAX_BUDGET = 10**9  # in the currency (the CLI and the admin API alike)
 MAX_TOKENS = 10**15
 
 
@@ -29,7 +30,7 @@ def credit_request(
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if (budget is None) == (tokens is None):
         raise ValueError("give exactly one of --budget or --tokens")
-    if budget is not None and not budget <= MAX_BUDGET:  # NaN and inf too
+    if budget is not None and not (math.isfinite(budget) and budget <= MAX_BUDGET):
         raise ValueError(f"the budget amount must be a number up to {MAX_BUDGET}")
     if tokens is not None and tokens > MAX_TOKENS:
         raise ValueError(f"the token amount must be at most {MAX_TOKENS}")
@@ -38,8 +39,9 @@ def credit_request(
         raise ValueError("the amount must be positive")
     if kind == "burst" and expires is None:
         raise ValueError("a burst credit expires: give --expires")
-    ends = expiry(expires)
-    if ends is not None and ends <= datetime.now(UTC):
+    now = datetime.now(UTC)
+    ends = expiry(expires, now)
+    if ends is not None and ends <= now:
         raise ValueError(f"the expiry {expires!r} has already passed")
     return ("budget" if budget is not None else "tokens"), amount, ends
 

@@ -13,7 +13,7 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from sqlalchemy import BigInteger, RowMapping, String, cast, func, select
@@ -25,6 +25,9 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from quotagate.budget.pricing import format_money
 from quotagate.db.schema import ledger
+
+if TYPE_CHECKING:
+    from quotagate.config.schema import Policy
 
 Format = Literal["table", "json", "csv"]
 METRICS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_micros")
@@ -122,6 +125,11 @@ def _usage_row(row: RowMapping, group_by: Sequence[str]) -> UsageRow:
 
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def report_currency(policy: Policy) -> str:
+    """The currency a report labels costs in: the first plan budget's, else USD."""
+    return next((p.budget.currency for p in policy.plans.values() if p.budget), "USD")
 
 
 def format_rows(rows: Sequence[UsageRow], fmt: Format, currency: str = "USD") -> str:

@@ -398,6 +398,16 @@ def test_a_burst_credit_expires_after_its_duration() -> None:
         ("topup", -1.0, None, None, "the amount must be positive"),
         ("override", None, -5, None, "the amount must be positive"),
         ("burst", None, 10, None, "a burst credit expires: give --expires"),
+        # Refused with ValueError (the CLI's exit 2, the admin API's 422), never an
+        # OverflowError (a traceback, a 500); an expiry already passed would never count.
+        ("burst", None, 10, "99999999999d", "'99999999999d' is out of range"),
+        ("burst", None, 10, "9999-12-31T23:00:00-05:00", "is out of range"),
+        ("burst", None, 10, "2000-01-01T00:00:00", "has already passed"),
+        ("topup", float("inf"), None, None, "must be a number up to 1000000000"),
+        ("topup", float("-inf"), None, None, "must be a number up to 1000000000"),
+        ("topup", float("nan"), None, None, "must be a number up to 1000000000"),
+        ("topup", 1e10, None, None, "must be a number up to 1000000000"),
+        ("topup", None, 10**15 + 1, None, "must be at most 1000000000000000"),
     ],
 )
 def test_bad_credit_requests_say_what_is_wrong(
