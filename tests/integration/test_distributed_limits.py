@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import Gateway, policy, redis_prefix
+from harness import SHARED_REDIS, Gateway, policy, redis_prefix
 from redis_servers import RedisCluster
 
 BODY = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]}
@@ -92,14 +92,14 @@ def fleet(tmp_path: Path, upstream: str, request: pytest.FixtureRequest) -> Iter
     gw.stop()
 
 
-@pytest.mark.parametrize("fleet", ["redis://127.0.0.1:6379/0", "cluster"], indirect=True)
+@pytest.mark.parametrize("fleet", [SHARED_REDIS, "cluster"], indirect=True)
 def test_four_instances_admit_exactly_the_limit(fleet: Gateway) -> None:
     urls = [fleet.base_url] + [fleet.replica().base_url for _ in range(3)]
     run_exactness(fleet, urls, "metered")
     run_exactness(fleet, urls, "hourly")
 
 
-@pytest.mark.parametrize("fleet", ["redis://127.0.0.1:6379/0"], indirect=True)
+@pytest.mark.parametrize("fleet", [SHARED_REDIS], indirect=True)
 @pytest.mark.parametrize("offset", ["+30s", "-30s"])
 def test_clock_skew_changes_nothing(fleet: Gateway, offset: str) -> None:
     skewed = fleet.replica("faketime", "-f", offset)

@@ -11,10 +11,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from harness import Gateway, policy, redis_prefix, start_mock
+from harness import SHARED_REDIS, Gateway, policy, redis_prefix, start_mock
 from metrics_text import scrape, total
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def ask(base_url: str, key: str, stream: bool = False) -> httpx.Response:
@@ -36,7 +34,7 @@ def until(condition: Callable[[], bool], within: float, what: str) -> None:
 def test_slow_first_tokens_halve_the_free_rate_on_every_instance(tmp_path: Path) -> None:
     mock = start_mock(tmp_path)
     doc = policy(mock.base_url + "/v1")
-    doc["store"] = {"url": REDIS_URL, "prefix": redis_prefix()}
+    doc["store"] = {"url": SHARED_REDIS, "prefix": redis_prefix()}
     doc["plans"]["free"]["limits"] = [{"scope": "key", "requests": 1000, "per": "1m"}]
     doc["shaping"] = {"pressure": {"ttft_p95_above": "200ms", "window": "2s",
                                    "scale": {"free": 0.5}}}  # fmt: skip
@@ -78,7 +76,7 @@ def test_a_caller_near_its_limit_gets_no_fresh_allowance_when_pressure_scales_it
     mock = start_mock(tmp_path)
     prefix = redis_prefix()
     doc = policy(mock.base_url + "/v1")
-    doc["store"] = {"url": REDIS_URL, "prefix": prefix}
+    doc["store"] = {"url": SHARED_REDIS, "prefix": prefix}
     doc["plans"]["free"]["limits"] = [{"scope": "key", "requests": 8, "per": "1m"}]
     doc["shaping"] = {"pressure": {"ttft_p95_above": "200ms", "window": "10s",
                                    "scale": {"free": 0.5}}}  # fmt: skip
@@ -106,6 +104,6 @@ def test_a_caller_near_its_limit_gets_no_fresh_allowance_when_pressure_scales_it
     finally:
         gw.stop()
         mock.stop()
-        with redis.Redis.from_url(REDIS_URL) as client:
+        with redis.Redis.from_url(SHARED_REDIS) as client:
             for key in client.scan_iter(match=prefix + "*"):
                 client.delete(key)

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import Gateway, Process, policy, redis_prefix
+from harness import SHARED_REDIS, Gateway, Process, policy, redis_prefix
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 WITHIN = 1.0  # seconds: the bound
 CACHE_TTL = "60s"  # far longer than WITHIN: only the invalidation explains a fast stop
 
@@ -22,7 +21,7 @@ CACHE_TTL = "60s"  # far longer than WITHIN: only the invalidation explains a fa
 @pytest.fixture
 def fleet(tmp_path: Path, upstream: str) -> Iterator[tuple[Gateway, list[Process]]]:
     doc = policy(upstream)
-    doc["store"] = {"url": REDIS_URL, "prefix": redis_prefix()}
+    doc["store"] = {"url": SHARED_REDIS, "prefix": redis_prefix()}
     doc["auth"] = {"key_cache_ttl": CACHE_TTL, "oauth_issuer": {"enabled": True}}
     gw = Gateway(tmp_path, doc).start()
     replicas = [gw.replica(), gw.replica()]

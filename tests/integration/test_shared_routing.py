@@ -15,9 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Gateway, Process, policy, redis_prefix, start_mock
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from harness import SHARED_REDIS, Gateway, Process, policy, redis_prefix, start_mock
 
 
 def readyz(url: str) -> dict[str, Any]:
@@ -68,7 +66,7 @@ def test_a_circuit_opened_on_one_instance_opens_on_the_others(
     doc = regional_policy(
         eu, us, breaker={"consecutive_failures": 3, "open_for": "30s", "min_requests": 1000}
     )
-    doc["store"] = {"url": REDIS_URL, "prefix": redis_prefix()}
+    doc["store"] = {"url": SHARED_REDIS, "prefix": redis_prefix()}
     doc["plans"]["cached"] = {"models": ["*"], "cache": "always"}
     doc["routing"]["cache"] = {"store": "redis", "ttl": "1m"}
     gw = Gateway(tmp_path / "gw", doc).start()

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from harness import QUOTAGATE, Gateway, policy, redis_prefix
+from harness import QUOTAGATE, SHARED_REDIS, Gateway, policy, redis_prefix
 from metrics_text import scrape, total
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ def test_memory_store_refuses_several_workers(tmp_path: Path, upstream: str) -> 
 
 def test_two_workers_share_exact_limits(tmp_path: Path, upstream: str) -> None:
     doc = policy(upstream)
-    doc["store"] = {"url": "redis://127.0.0.1:6379/0", "prefix": redis_prefix(),
+    doc["store"] = {"url": SHARED_REDIS, "prefix": redis_prefix(),
                     "timeout": "5s"}  # fmt: skip
     doc["plans"]["free"]["limits"] = [
         {"scope": "key", "requests": 50, "per": "1m", "algorithm": "sliding_window"}
@@ -64,7 +64,7 @@ def test_two_workers_answer_metrics_and_log_for_both(
     tmp_path: Path, upstream: str, metrics_dir_given: bool
 ) -> None:
     doc = policy(upstream)
-    doc["store"] = {"url": "redis://127.0.0.1:6379/0", "prefix": redis_prefix(),
+    doc["store"] = {"url": SHARED_REDIS, "prefix": redis_prefix(),
                     "timeout": "5s"}  # fmt: skip
     access_log = tmp_path / "access.log"
     doc["observability"] = {"access_log": {"path": str(access_log), "flush_interval": "50ms"}}
@@ -116,7 +116,7 @@ def wait_for_lines(path: Path, count: int, timeout: float = 10) -> list[str]:
 
 def test_replaced_workers_stop_counting_in_live_gauges(tmp_path: Path, upstream: str) -> None:
     doc = policy(upstream)
-    doc["store"] = {"url": "redis://127.0.0.1:6379/0", "prefix": redis_prefix()}
+    doc["store"] = {"url": SHARED_REDIS, "prefix": redis_prefix()}
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     gw = Gateway(tmp_path, doc, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})

@@ -1,26 +1,17 @@
-"""One store per backend: memory, the shared Redis (unique prefix), a private Cluster."""
+"""One store per backend: memory, the shared Redis (unique prefix, its keys dropped when
+the session ends), a private Sentinel and Cluster."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import redis
 
+from harness import SHARED_REDIS, redis_prefix
 from quotagate.store.base import LimitStore
 from quotagate.store.memory import MemoryStore
 from quotagate.store.redis import RedisStore
 from redis_servers import RedisSentinel, start_sentinel
-
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
-
-
-def drop_prefix(prefix: str) -> None:
-    with redis.Redis.from_url(SHARED_REDIS) as client:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
 
 
 @pytest.fixture(scope="session")
@@ -32,13 +23,10 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel
 
 @pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
-    prefix = f"qgtest:{secrets.token_hex(6)}:"
     if request.param == "memory":
         yield MemoryStore()
         return
     url = SHARED_REDIS if request.param == "redis" else request.getfixturevalue(request.param).url
-    backend = RedisStore(url, prefix=prefix, timeout=2.0)
+    backend = RedisStore(url, prefix=redis_prefix(), timeout=2.0)  # dropped at session end
     yield backend
     await backend.close()
-    if request.param == "redis":
-        drop_prefix(prefix)

@@ -1,48 +1,22 @@
 """A settlement's correction (its refund or extra charge) goes to the window or period
 the request was charged in or, once that has ended, nowhere: never to the new one
-(store/lua/adjust.lua, MemoryStore.adjust_now). Fixed-window token limits on both
-stores, and a Cluster's counters outside the tenant's slot, settled by a second call.
+(store/lua/adjust.lua, MemoryStore.adjust_now). Fixed-window token limits on every
+store, and a Cluster's counters outside the tenant's slot, settled by a second call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.crc import key_slot
 
-from harness import redis_prefix
 from quotagate.store.base import CounterCheck, LimitStore, ReservationCheck
-from quotagate.store.memory import MemoryStore
-from quotagate.store.redis import RedisStore
 
-SHARED_REDIS = "redis://127.0.0.1:6379/0"
 PROBE = 1 << 40  # a probe under this limit reads a counter without refusing
 RS = "rs:{t:acme}"  # the tenant's reservation set (budget/reserve.py)
 GLOBAL = "rl:{gpt-4}:global.model-tokens-day:gpt-4"  # a cross-tenant calendar counter
-
-
-async def _open(request: pytest.FixtureRequest, backend: str) -> LimitStore:
-    if backend == "memory":
-        return MemoryStore()
-    url = SHARED_REDIS if backend == "redis" else request.getfixturevalue("cluster").url
-    return RedisStore(url, prefix=redis_prefix(), timeout=2.0)  # keys dropped at session end
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
-    opened = await _open(request, request.param)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def cluster_store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
-    opened = await _open(request, "cluster")
-    yield opened
-    await opened.close()
 
 
 def calendar(key: str, cost: int, start: float, span: float) -> CounterCheck:
@@ -54,8 +28,9 @@ async def counted(store: LimitStore, check: CounterCheck) -> int:
     return PROBE - admission.outcomes[0].remaining
 
 
+@pytest.mark.parametrize("store", ["cluster"], indirect=True)
 async def test_cluster_settle_of_a_cross_slot_calendar_counter_stays_in_its_period(
-    cluster_store: LimitStore,
+    store: LimitStore,
 ) -> None:
     """Reserved before midnight on a global-scope daily counter (another slot than the
     tenant's reservation set), settled after it with a refund: today's counter is
@@ -64,13 +39,13 @@ async def test_cluster_settle_of_a_cross_slot_calendar_counter_stays_in_its_peri
     midnight = time.time() + 0.3
     yesterday = midnight - 60
     before = ReservationCheck(RS, "before-midnight", 60.0)
-    assert (await cluster_store.acquire([calendar(GLOBAL, 600, yesterday, 60), before])).allowed
+    assert (await store.acquire([calendar(GLOBAL, 600, yesterday, 60), before])).allowed
     await asyncio.sleep(midnight + 0.05 - time.time())  # past the period's end
-    assert (await cluster_store.acquire([calendar(GLOBAL, 300, yesterday, 60)])).allowed
+    assert (await store.acquire([calendar(GLOBAL, 300, yesterday, 60)])).allowed
     today = calendar(GLOBAL, 0, midnight, 60)
-    assert await counted(cluster_store, today) == 300
-    assert await cluster_store.settle(before, [calendar(GLOBAL, 600, yesterday, 60)], [-200])
-    assert await counted(cluster_store, today) == 300, "yesterday's refund taken off today"
+    assert await counted(store, today) == 300
+    assert await store.settle(before, [calendar(GLOBAL, 600, yesterday, 60)], [-200])
+    assert await counted(store, today) == 300, "yesterday's refund taken off today"
 
 
 async def test_fixed_window_settle_after_rollover_stays_in_its_window(store: LimitStore) -> None:
