@@ -302,23 +302,38 @@ async def test_a_spool_file_locked_by_another_process_is_skipped(db: Database, s
     assert len(await stored_ids(db.engine)) == 10
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"endpoint": None},  # NOT NULL: the database refuses it
+        # Past the column's range (int32 on PostgreSQL, int64 on SQLite): the driver
+        # refuses it before the database sees it (sqlite3's OverflowError, asyncpg's
+        # DataError). It used to set aside its whole batch on SQLite and, on PostgreSQL,
+        # to be taken for an outage that every replay met again.
+        {"reserved_tokens": 10**19},
+    ],
+    ids=["not-null", "out-of-range"],
+)
 async def test_a_row_the_database_refuses_is_set_aside_not_retried_forever(
-    db: Database, spool: Path, caplog: pytest.LogCaptureFixture
+    db: Database, spool: Path, caplog: pytest.LogCaptureFixture, fault: dict[str, Any]
 ) -> None:
     writer = LedgerWriter(db.engine, spool, batch_size=10, flush_interval=0.02)
     await writer.start()
     good = records("g", 9)
     for rec in good[:5]:
         writer.submit(rec)
-    writer.submit(record("bad", endpoint=None, model="secret-model"))  # NOT NULL
+    writer.submit(record("bad", model="secret-model", **fault))
     for rec in good[5:]:
         writer.submit(rec)
     await eventually(lambda: writer.stats.written == 9 and writer.stats.rejected == 1)
     writer.submit(record("after"))
+    await eventually(lambda: writer.stats.written == 10)
+    down = writer._down  # not in outage mode: nothing spooled, the next write went in
     await writer.close()
     assert sorted(await stored_ids(db.engine)) == sorted([r.request_id for r in good] + ["after"])
     assert spooled_ids(spool, "rejected-*.jsonl") == ["bad"]
-    assert writer.stats.spooled == 0
+    assert writer.stats.spooled == 0 and not down
+    assert not list(spool.glob(SPOOL_GLOB))
     assert "bad" in caplog.text and "secret-model" not in caplog.text
 
 
