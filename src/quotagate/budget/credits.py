@@ -47,18 +47,22 @@ def credit_request(
 
 
 def expiry(value: str | None, now: datetime | None = None) -> datetime | None:
+    """A duration from ``now`` (``30d``) or an ISO date/time (naive: UTC), in UTC."""
     if value is None:
         return None
-    now = now or datetime.now(UTC)
     try:
-        try:
-            return now + timedelta(seconds=parse_duration(value))
-        except ValueError:
-            pass
-        at = datetime.fromisoformat(value)
-        return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+        return _instant(value, now or datetime.now(UTC))
     except OverflowError:  # past the calendar's range: the caller's ValueError (exit 2, 422)
         raise ValueError(f"the expiry {value!r} is out of range") from None
+
+
+def _instant(value: str, now: datetime) -> datetime:
+    try:
+        return now + timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
+    at = datetime.fromisoformat(value)
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def credit_json(credit: CreditRow) -> dict[str, Any]:
