@@ -5,7 +5,8 @@ translated once, where they enter, into the most specific class below. The runne
 (``pipeline.runner``) is the single place that turns these into HTTP responses.
 
     GatewayError                      500 internal_error
-    ├── BadRequest                    400 invalid_request_error
+    ├── BadRequest                    400 invalid_request_error (request_too_large: more
+    │   │                                 than a whole quota or budget)
     │   └── PayloadTooLarge           413
     ├── AuthenticationFailed          401 invalid_api_key
     ├── PermissionDenied              403 model_not_allowed / max_tokens_exceeded

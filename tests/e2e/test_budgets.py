@@ -37,11 +37,17 @@ from openai.types.chat import ChatCompletion
 from harness import Gateway, policy
 
 GPT4 = "gpt-4"
+# Takes max_completion_tokens only: the mock refuses its max_tokens, as OpenAI does.
+REASONING = "o3-mini"
+DEFAULT_CAP = 64  # plans.capless.default_max_tokens
 FREE_TOKENS = 1000
 GPT4_DAILY = 500
 PRO_BUDGET = 100_000  # micro-units: 0.10 USD
 SMALL_BUDGET = 10_000  # 0.01 USD
-PRICES = {CHAT_MODEL: (500_000, 1_500_000), GPT4: (30_000_000, 60_000_000)}  # µ per 1M
+PRICES = {  # µ per 1M input / output tokens
+    CHAT_MODEL: (500_000, 1_500_000), GPT4: (30_000_000, 60_000_000),
+    REASONING: (1_100_000, 4_400_000),
+}  # fmt: skip
 CREDIT_DEADLINE = 5.0  # key_cache_ttl is 200ms: a credit shows well within this
 MONEY = re.compile(r"^\d+\.\d{6}$")
 
@@ -51,6 +57,11 @@ T = TypeVar("T")
 def budget_policy(upstream: str, **overrides: Any) -> dict[str, Any]:
     doc = policy(upstream, **overrides)
     both = [CHAT_MODEL, GPT4]
+    doc["models"][REASONING] = {
+        "price": {"input_per_1m": 1.1, "output_per_1m": 4.4},
+        "deployments": [{"url": upstream}],
+        "max_tokens_field": "max_completion_tokens",
+    }
     doc["plans"]["free"] = {
         "models": [CHAT_MODEL],
         "quotas": [{"scope": "tenant", "model": CHAT_MODEL, "tokens": FREE_TOKENS, "per": "day"}],
@@ -85,6 +96,16 @@ def budget_policy(upstream: str, **overrides: Any) -> dict[str, Any]:
     doc["plans"]["requests"] = {
         "models": [CHAT_MODEL],
         "quotas": [{"scope": "tenant", "requests": 3, "per": "day"}],
+    }
+    doc["plans"]["capless"] = {  # its requests name no max_tokens
+        "models": [CHAT_MODEL, REASONING],
+        "default_max_tokens": DEFAULT_CAP,
+        "budget": {"amount": 1.0, "per": "month"},
+    }
+    doc["plans"]["capless-clamp"] = {
+        "models": [CHAT_MODEL, REASONING],
+        "quotas": [{"scope": "tenant", "tokens": 50, "per": "day", "on_exhausted": "clamp"}],
+        "clamp_min_tokens": 16,
     }
     doc["plans"]["zoned"] = {
         "models": [CHAT_MODEL],
@@ -303,6 +324,36 @@ def test_free_tokens_are_settled_to_usage_then_refused_with_402(gateway: Gateway
         code,
     )
     assert denied["prompt_tokens"] == denied["completion_tokens"] == denied["cost_micros"] == 0
+
+
+@pytest.mark.parametrize(
+    ("plan", "model", "max_tokens", "whole"),
+    [
+        ("free", CHAT_MODEL, FREE_TOKENS + 1, f"daily tokens quota (free.tenant-tokens-day-"
+         f"{CHAT_MODEL}) of {FREE_TOKENS} tokens"),
+        ("pro", GPT4, 2000, f"monthly budget (pro.budget-month) of {money(PRO_BUDGET)} USD"),
+    ],
+    ids=["tokens", "money"],
+)  # fmt: skip
+def test_a_request_larger_than_the_whole_quota_is_a_400_not_an_exhausted_quota(
+    gateway: Gateway, mock: MockUpstream, plan: str, model: str, max_tokens: int, whole: str
+) -> None:
+    """It used to be a 402 "exceeded … used 0": wrong (nothing was used) and no help
+    (no reset would let it through). Nothing is sent upstream; a smaller request passes."""
+    account = open_account(gateway, plan)
+    client = sdk(gateway, account.key)
+    forwarded = mock.requests_seen()
+    exc = refused(lambda: ask(client, 10, max_tokens, model=model))
+    error = assert_error_response(exc.response, 400, "request_too_large")
+    assert (error["type"], error["param"]) == ("invalid_request_error", "max_tokens")
+    assert f"more than your whole {whole}. Lower max_tokens" in error["message"]
+    assert mock.requests_seen() == forwarded
+    fits = ask(client, 10, 20, model=model)
+    (row, _) = ledger_through(gateway, account.key_id, fits.headers["x-request-id"])
+    assert (row["status"], row["http_status"], row["denial_reason"]) == (
+        "denied", 400, "request_too_large",
+    )  # fmt: skip
+    assert row["prompt_tokens"] == row["completion_tokens"] == row["cost_micros"] == 0
 
 
 def test_the_sdk_raises_on_402_and_does_not_retry(gateway: Gateway, mock: MockUpstream) -> None:
@@ -617,6 +668,57 @@ def test_a_stream_is_settled_to_its_hidden_usage_chunk(gateway: Gateway) -> None
     assert all(r["prompt_tokens"] + r["completion_tokens"] == used for r in streamed)
 
 
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+FIELD_OF = [(CHAT_MODEL, "max_tokens"), (REASONING, "max_completion_tokens")]
+
+
+def caps_sent(mock: MockUpstream) -> dict[str, int | None]:
+    body = mock.last_request()["body"]
+    return {field: body.get(field) for field in TOKEN_FIELDS}
+
+
+@pytest.mark.parametrize(("model", "field"), FIELD_OF)
+def test_a_request_without_max_tokens_is_capped_at_what_it_reserved(
+    gateway: Gateway, mock: MockUpstream, model: str, field: str
+) -> None:
+    """The reservation counts the plan's default_max_tokens for a request that names no
+    cap, and the upstream is told that cap, in the field its model takes: the answer
+    cannot cost more than was reserved. (It went upstream uncapped, so an answer of
+    3,000 tokens was charged against 64 reserved, and a budget could be overspent.)"""
+    account = open_account(gateway, "capless")
+    client = sdk(gateway, account.key)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=messages("[[mock:tokens=3000]] a long answer")
+    )
+    assert caps_sent(mock) == {
+        "max_tokens": None,
+        "max_completion_tokens": None,
+        field: DEFAULT_CAP,
+    }
+    completion = answer(raw)
+    assert completion.usage is not None and completion.usage.completion_tokens == DEFAULT_CAP
+    assert completion.choices[0].finish_reason == "length"
+    (row,) = ledger_through(gateway, account.key_id, raw.headers["x-request-id"])
+    assert row["completion_tokens"] == DEFAULT_CAP
+    assert row["cost_micros"] == cost(raw, model)  # its usage, exactly
+
+
+@pytest.mark.parametrize(("model", "field"), FIELD_OF)
+def test_a_clamp_of_a_request_without_max_tokens_uses_the_models_field(
+    gateway: Gateway, mock: MockUpstream, model: str, field: str
+) -> None:
+    account = open_account(gateway, "capless-clamp")  # 50 tokens a day, clamp, at least 16
+    client = sdk(gateway, account.key)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=messages("[[mock:tokens=3000]] hi")
+    )
+    clamped = raw.headers["x-quotagate-clamped"]
+    left = int(clamped.removeprefix("max_tokens=").split(";")[0])
+    assert 16 <= left < 50
+    assert caps_sent(mock) == {"max_tokens": None, "max_completion_tokens": None, field: left}
+    assert answer(raw).usage.completion_tokens == left  # type: ignore[union-attr]
+
+
 # --- credits ----------------------------------------------------------------------------
 
 
@@ -660,7 +762,11 @@ def test_an_override_replaces_the_plan_amount(gateway: Gateway) -> None:
     gateway.cli("credits", "add", account.name, "--tokens", "300", "--kind", "override")
     assert poll(lambda: limit_seen(client), lambda v: v != str(FREE_TOKENS)) == "300"
     exc = refused(lambda: ask(client, 1, 400))  # fits the plan's 1000, not the override
-    assert exc.status_code == 402 and "limit 300" in exc.message
+    assert exc.status_code == 400 and "whole daily tokens quota" in exc.message
+    assert "of 300 tokens" in exc.message, exc.message
+    ask(client, 200, 200)  # spends about 210 of the 300
+    exc = refused(lambda: ask(client, 1, 150))  # fits 300, not what is left of it
+    assert exc.status_code == 402 and "limit 300" in exc.message, exc.message
     gateway.cli("credits", "add", account.name, "--tokens", "200", "--kind", "topup")
     assert poll(lambda: limit_seen(client), lambda v: v != "300") == "500"  # override + topup
 

@@ -2,7 +2,8 @@
 
 Tokens: the prompt estimate plus the most the answer may produce (``max_tokens``, or
 the plan's default, for each of the ``n`` choices). Money: those tokens at the model's
-price, in micro-units.
+price, in micro-units. A request that names no cap is sent the plan's default, so that
+the answer cannot outgrow what was reserved.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ def reserve(
     model, price = (ctx.model, ctx.price) if target is None else (target.model, target.prices)
     ctx.prompt_estimate = estimator.prompt_tokens(ctx.payload, ctx.endpoint.name, model)
     cap = ctx.max_tokens or default_max_tokens
-    output = cap * ctx.choices if ctx.endpoint.generates else 0
+    output = 0
+    if ctx.endpoint.generates:
+        output = cap * ctx.choices
+        if ctx.max_tokens is None:  # the upstream is told the cap that was reserved
+            ctx.output_cap = cap
     ctx.reserved_tokens = ctx.prompt_estimate + output
     ctx.reserved_micros = cost_micros(ctx.prompt_estimate, output, price)
 

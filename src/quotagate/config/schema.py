@@ -300,6 +300,12 @@ class Model(Frozen):
     # The tiktoken encoding that counts this model's tokens (cl100k_base, o200k_base);
     # default: tiktoken's table for the model's name, else cl100k_base.
     tokenizer: str | None = None
+    # The field a chat request gets when the gateway sets its output cap itself (the
+    # client named none: the plan's default_max_tokens of a metered request, the plan's
+    # max_tokens, a clamp): OpenAI's reasoning models (o1, o3, o4-mini) refuse
+    # max_tokens and take max_completion_tokens. Legacy completions always get
+    # max_tokens.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
 
 class LimitRule(Frozen):

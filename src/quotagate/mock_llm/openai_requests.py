@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .directives import Directives, parse_directives
@@ -10,6 +11,9 @@ from .tokenizer import count_chat_tokens, count_tokens
 
 JSONObject = dict[str, object]
 _MAX_DIMENSIONS = 8192
+# OpenAI's reasoning models (o1, o3-mini, o4-mini) refuse a chat request's max_tokens
+# with a 400, as the real API does: they take max_completion_tokens only.
+_REASONING = re.compile(r"o\d")
 
 
 @dataclass(slots=True, frozen=True)
@@ -42,6 +46,11 @@ def read_chat_request(body: JSONObject) -> GenerationRequest:
     contents = [_message_text(message) for message in messages]
     roles = [str(message.get("role", "")) for message in messages]
     prompt = "\n".join(f"{role}: {text}" for role, text in zip(roles, contents, strict=True))
+    if _REASONING.match(_model(body)) and "max_tokens" in body:
+        raise InvalidRequest(
+            "'max_tokens' is not supported by this model: use 'max_completion_tokens'",
+            param="max_tokens",
+        )
     max_tokens = _optional_int(body, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _optional_int(body, "max_tokens")

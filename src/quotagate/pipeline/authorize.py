@@ -5,7 +5,7 @@ from __future__ import annotations
 from quotagate.config.snapshot import CompiledPlan
 from quotagate.errors import BadRequest, NotFound, PermissionDenied
 from quotagate.pipeline.context import RequestContext
-from quotagate.pipeline.parse import TOKEN_FIELDS
+from quotagate.pipeline.parse import set_output_cap
 from quotagate.pipeline.stage import PolicySource
 
 _CLASSES = frozenset({"", "interactive", "batch"})  # "": none sent (interactive)
@@ -56,11 +56,7 @@ class Authorize:
                 code="max_tokens_exceeded",
                 param="max_tokens",
             )
-        # Clamp every field over the cap (or fill in the cap when the request names
-        # none). Forward re-encodes a changed payload once; otherwise the client's bytes
-        # go upstream as sent.
-        present = [f for f in TOKEN_FIELDS if ctx.payload.get(f) is not None]
-        for field in present or ["max_tokens"]:
-            ctx.payload[field] = min(ctx.payload.get(field) or cap, cap)
-        ctx.max_tokens = cap
-        ctx.payload_changed = True
+        # Clamp every field over the cap, or have forward fill the cap in when the
+        # request names none (in the field the serving model takes). Forward re-encodes
+        # a changed payload once; otherwise the client's bytes go upstream as sent.
+        set_output_cap(ctx, cap)

@@ -46,6 +46,7 @@ class RequestContext:
         "leases",
         "max_tokens",
         "model",
+        "output_cap",
         "payload",
         "payload_changed",
         "plan",
@@ -109,6 +110,10 @@ class RequestContext:
         self.model = ""
         self.stream = False
         self.max_tokens: int | None = None
+        # A cap on the answer the gateway adds to a request that named none (the plan's
+        # max_tokens or default_max_tokens, a clamp): forward writes it in the field
+        # the serving model takes (``Target.cap_field``).
+        self.output_cap: int | None = None
         self.choices = 1  # completions the upstream generates: n (or best_of) a request
         self.target: Target | None = None
         # The deployment whose slot shape took for this request (forward uses it), and

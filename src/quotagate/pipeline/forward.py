@@ -21,6 +21,7 @@ from quotagate.budget.idempotency import MAX_KEPT
 from quotagate.errors import GatewayError, NoDeployment, UpstreamError
 from quotagate.observability.metrics import FALLBACK_REFUSALS, UPSTREAM_RETRIES
 from quotagate.pipeline.context import Headers, RequestContext
+from quotagate.pipeline.parse import TOKEN_FIELDS
 from quotagate.pipeline.stage import Answered, PolicySource
 from quotagate.routing.cache import ResponseCache
 from quotagate.routing.catalog import Target
@@ -226,6 +227,8 @@ class Forward:
             headers["traceparent"] = ctx.traceparent
             if ctx.tracestate:
                 headers["tracestate"] = ctx.tracestate
+        if ctx.output_cap is not None:
+            _write_cap(ctx, target)
         if ctx.payload_changed:  # stages edited the request: encode it once, here
             ctx.body = orjson.dumps(ctx.payload)
             ctx.payload_changed = False
@@ -408,6 +411,19 @@ class Forward:
             ctx.kept_body = None  # a broken stream is not an answer to replay
             await send({"type": "http.response.body", "body": sse_error(error), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _write_cap(ctx: RequestContext, target: Target) -> None:
+    """The cap the gateway set on a request that named none, in the field ``target``'s
+    model takes (a retry on another model may take the other one)."""
+    field = target.cap_field if ctx.endpoint.name == "chat.completions" else "max_tokens"
+    payload = ctx.payload
+    if payload.get(field) == ctx.output_cap:
+        return
+    for other in TOKEN_FIELDS:  # only ever the gateway's own: the client named none
+        payload.pop(other, None)
+    payload[field] = ctx.output_cap
+    ctx.payload_changed = True
 
 
 async def _disconnected(ctx: RequestContext) -> None:

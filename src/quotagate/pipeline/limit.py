@@ -18,14 +18,14 @@ from quotagate.budget.pricing import Prices, format_money, output_tokens_for
 from quotagate.budget.reserve import reservation_record, reserve, too_large
 from quotagate.budget.thresholds import QuotaAlerts
 from quotagate.config.snapshot import CompiledPlan, LimitSet
-from quotagate.errors import QuotaExhausted, RateLimited
+from quotagate.errors import BadRequest, GatewayError, QuotaExhausted, RateLimited
 from quotagate.ids import new_id
 from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
 from quotagate.limits.policy import CompiledLimit, ScopeValues
 from quotagate.observability.metrics import LIMIT_BYPASSED, QUOTA_EXHAUSTED
 from quotagate.pipeline.context import Headers, RequestContext
-from quotagate.pipeline.parse import TOKEN_FIELDS
+from quotagate.pipeline.parse import set_output_cap
 from quotagate.pipeline.stage import PolicySource
 from quotagate.routing.catalog import Target
 from quotagate.routing.router import Router, switch_model
@@ -281,7 +281,7 @@ class Limit:
         current = (ctx.reserved_tokens - ctx.prompt_estimate) // ctx.choices
         if left < plan.clamp_min_tokens or left >= current:
             return False
-        _set_max_tokens(ctx, left)
+        set_output_cap(ctx, left)
         QUOTA_EXHAUSTED.labels("clamp").inc()
         ctx.response_headers.append(
             (b"x-quotagate-clamped", f"max_tokens={left}; quota={denied.name}".encode())
@@ -290,7 +290,9 @@ class Limit:
 
     def _exhausted(
         self, limit: CompiledLimit, check: CounterCheck, outcome: CheckOutcome, currency: str
-    ) -> QuotaExhausted:
+    ) -> GatewayError:
+        if 0 < check.limit < check.cost:  # not used up: this request alone would not fit
+            return _larger_than_quota(limit, check, currency)
         QUOTA_EXHAUSTED.labels("reject").inc()
         status = self._policy.snapshot.policy.accounting.exhausted_status
         used = check.limit - outcome.remaining
@@ -310,6 +312,25 @@ class Limit:
         )
         headers = [(b"x-quotagate-quota-reset", resets.encode())]
         return QuotaExhausted(message, code=limit.name, status=status, headers=headers)
+
+
+def _larger_than_quota(limit: CompiledLimit, check: CounterCheck, currency: str) -> BadRequest:
+    """A request whose reservation alone is more than the whole quota: no reset would let
+    it through, so it is the client's to change (400), not an exhausted quota (402)."""
+    period = _ADJECTIVE.get(limit.period or "", "")
+    if limit.unit == "micros":
+        what = f"{period}budget ({limit.name}) of {format_money(check.limit)} {currency}"
+        may = f"cost up to {format_money(check.cost)} {currency}"
+    else:
+        what = f"{period}{limit.unit} quota ({limit.name}) of {check.limit} {limit.unit}"
+        may = f"use up to {check.cost} {limit.unit}"
+    return BadRequest(
+        f"This request may {may} (its prompt and max_tokens, or the plan's default when "
+        f"it names none), more than your whole {what}. Lower max_tokens or shorten the "
+        "prompt.",
+        code="request_too_large",
+        param="max_tokens",
+    )
 
 
 def _check(
@@ -365,14 +386,6 @@ def _fall_back(
     # None usable now: its first deployment, and forward's retries take it from there.
     target = router.choose(route, router.region(ctx, route)) or route.targets[0]
     switch_model(ctx, target, "quota", because)
-
-
-def _set_max_tokens(ctx: RequestContext, tokens: int) -> None:
-    present = [f for f in TOKEN_FIELDS if ctx.payload.get(f) is not None]
-    for field in present or ["max_tokens"]:
-        ctx.payload[field] = tokens
-    ctx.max_tokens = tokens
-    ctx.payload_changed = True
 
 
 def ask_for_stream_usage(ctx: RequestContext) -> None:

@@ -58,6 +58,19 @@ def _largest(payload: dict[str, Any], fields: tuple[str, ...], most: int) -> int
     return largest
 
 
+def set_output_cap(ctx: RequestContext, tokens: int) -> None:
+    """Lower the answer's cap to ``tokens``: every token field the request names that
+    is above it, or, when it names none, the cap forward adds (``ctx.output_cap``)."""
+    present = [f for f in TOKEN_FIELDS if ctx.payload.get(f) is not None]
+    for field in present:
+        if ctx.payload[field] > tokens:
+            ctx.payload[field] = tokens
+            ctx.payload_changed = True
+    if not present:
+        ctx.output_cap = tokens
+    ctx.max_tokens = tokens
+
+
 def _apply_alias(ctx: RequestContext, payload: dict[str, Any]) -> None:
     """A route alias (``/v1/gpt4``): its model replaces the client's, or fills in a
     missing one; the plan still decides whether it is allowed."""

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from quotagate.budget.pricing import Prices, micros_per_1m
-from quotagate.config.schema import Deployment, HealthSignal, Model, Price
+from quotagate.config.schema import Deployment, HealthSignal, Model
 from quotagate.observability.metrics import in_flight
 from quotagate.routing.health import DeploymentHealth, HealthRegistry
 
@@ -38,6 +38,7 @@ class Target:
     signal: HealthSignal | None  # the upstream's own load figure, if it exposes one
     gauge: object  # quotagate_upstream_in_flight for this deployment
     header: tuple[tuple[bytes, bytes], ...]  # x-quotagate-model / -deployment
+    cap_field: str  # where a chat request's output cap goes (models.<m>.max_tokens_field)
 
     @property
     def saturated(self) -> bool:
@@ -59,7 +60,7 @@ def url_without_credentials(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
-def _target(model: str, dep: Deployment, price: Price, health: HealthRegistry) -> Target:
+def _target(model: str, spec: Model, dep: Deployment, health: HealthRegistry) -> Target:
     headers = [("content-type", "application/json")]
     if dep.api_key_env and (credential := os.environ.get(dep.api_key_env)):
         headers.append(("authorization", f"Bearer {credential}"))
@@ -75,9 +76,10 @@ def _target(model: str, dep: Deployment, price: Price, health: HealthRegistry) -
         gate.limit = health.limit_for(dep.max_concurrency)
     return Target(
         model, name, dep.url, url_without_credentials(dep.url), dep.region, dep.weight,
-        tuple(headers), timeout, t.idle, t.total, micros_per_1m(dep.price or price),
+        tuple(headers), timeout, t.idle, t.total, micros_per_1m(dep.price or spec.price),
         record, dep.health_signal, in_flight(model, name),
         ((b"x-quotagate-model", model.encode()), (b"x-quotagate-deployment", name.encode())),
+        spec.max_tokens_field,
     )  # fmt: skip
 
 
@@ -86,7 +88,7 @@ class ModelRoute:
         self.name = name
         self.scope = model.scope  # needed by callers on top of their plan
         self.fallback = tuple(model.fallback)
-        self.targets = tuple(_target(name, d, model.price, health) for d in model.deployments)
+        self.targets = tuple(_target(name, model, d, health) for d in model.deployments)
         self.regions = frozenset(t.region for t in self.targets)
         self._tiers: dict[str | None, tuple[tuple[Target, ...], ...]] = {}
 
