@@ -287,8 +287,8 @@ def build_endpoints(gw: Gateway) -> dict[str, Endpoint]:
         authenticate,
         *capped,
         Parse(gw),
-        idempotency,
         Authorize(gw),
+        idempotency,  # a replay too must be allowed by the caller's plan, as it is now
         Route(gw, gw.router, cache),
         limit,
         cache,

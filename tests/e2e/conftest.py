@@ -37,6 +37,7 @@ def shared_policy(upstream: str) -> dict[str, Any]:
         "max_tokens_policy": "reject",
         "limits": [{"scope": "key", "requests": 600, "per": "1m"}],
     }
+    doc["routes"] = {"/v1/gpt4": {"model": "gpt-4"}}  # forces its model on any body
     return doc
 
 

@@ -4,6 +4,7 @@ flight is 409; an answer too long to keep is not replayed but served again."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import threading
@@ -23,9 +24,11 @@ def body(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": CHAT_MODEL, "messages": [{"role": "user", "content": text}], **extra}
 
 
-def post(gw: Gateway, key: IssuedKey, idem: str, payload: dict[str, Any]) -> httpx.Response:
+def post(
+    gw: Gateway, key: IssuedKey, idem: str, payload: dict[str, Any], path: str = CHAT
+) -> httpx.Response:
     headers = {"authorization": f"Bearer {key.key}", "idempotency-key": idem}
-    return httpx.post(gw.base_url + CHAT, json=payload, headers=headers, timeout=60)
+    return httpx.post(gw.base_url + path, json=payload, headers=headers, timeout=60)
 
 
 def ledger_rows(gw: Gateway, key: IssuedKey, n: int, within: float = 5.0) -> list[dict[str, Any]]:
@@ -100,3 +103,37 @@ def test_an_answer_too_long_to_keep_is_served_again_not_replayed(
     again = post(gateway, key, idem, payload)
     assert again.status_code == 200 and "idempotent-replayed" not in again.headers
     assert len(again.content) > 1 << 20
+
+
+def test_the_same_body_forced_onto_another_model_is_not_a_replay(
+    gateway: Gateway, keys: KeyIssuer
+) -> None:
+    """/v1/gpt4 forces gpt-4 on the body: the same bytes are another request there, and
+    must not be answered with the gpt-3.5 answer kept for them."""
+    key, idem = keys.issue("pro"), secrets.token_hex(8)
+    payload = body("which model?")
+    assert post(gateway, key, idem, payload).status_code == 200
+    other = post(gateway, key, idem, payload, "/v1/gpt4/chat/completions")
+    assert other.status_code == 422, other.text
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    again = post(gateway, key, idem, payload)
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_a_replay_is_refused_when_the_plan_no_longer_allows_the_model(gateway: Gateway) -> None:
+    """A kept answer is replayed only to a caller still allowed the model: a tenant moved
+    from pro to free (no gpt-4) gets 403, not the gpt-4 answer."""
+    tenant, idem = f"moved-{secrets.token_hex(4)}", secrets.token_hex(8)  # its own tenant
+    gateway.cli("tenants", "create", tenant, "--plan", "pro")
+    created = json.loads(gateway.cli("keys", "create", "--tenant", tenant, "--json"))
+    key = IssuedKey(created["key_id"], created["key"])
+    payload = {**body("gpt-4 only"), "model": "gpt-4"}
+    assert post(gateway, key, idem, payload).status_code == 200
+    gateway.cli("tenants", "update", tenant, "--plan", "free")
+    deadline = time.monotonic() + 5  # key_cache_ttl is 200ms
+    while (again := post(gateway, key, idem, payload)).status_code == 200:
+        assert again.headers["idempotent-replayed"] == "true"
+        assert time.monotonic() < deadline, "the plan change never applied"
+        time.sleep(0.05)  # poll interval, not a wait for the outcome
+    assert again.status_code == 403, again.text
+    assert again.json()["error"]["code"] == "model_not_allowed"

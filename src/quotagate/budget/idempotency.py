@@ -4,9 +4,11 @@ The first request with a key claims it in the shared store (set-if-absent) and g
 on; when it ends with a 2xx, its answer (JSON, or the SSE bytes as relayed, up to
 ``MAX_KEPT``) is kept for ``accounting.idempotency_ttl`` and replayed to any retry
 with the same key and body, with ``idempotent-replayed: true``, charging nothing. A
-retry while the first is in flight gets 409; the same key with another body, 422; a
-failed first attempt frees the key so the retry is served (and charged) normally.
-Keys are per API key: one caller cannot replay another's answers.
+retry while the first is in flight gets 409; the same key with another body (or the
+same body sent to a route that forces another model), 422; a failed first attempt
+frees the key so the retry is served (and charged) normally. Keys are per API key: one
+caller cannot replay another's answers, and a replay is served only once the plan
+still allows the model (the stage runs after ``authorize``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ class Idempotency:
         if not ctx.idempotency_key:
             return
         key = _store_key(ctx)
-        fingerprint = hashlib.sha256(ctx.body).digest()[:16]
+        # The model served, not only the bytes: a route alias (/v1/gpt4) may force
+        # another model on the same body.
+        fingerprint = hashlib.sha256(ctx.model.encode() + b"\0" + ctx.body).digest()[:16]
         ttl = self._policy.snapshot.policy.accounting.reservation_ttl
         try:
             found = await self._engine.put_if_absent(key, _PENDING + fingerprint, ttl)
