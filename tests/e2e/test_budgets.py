@@ -347,6 +347,10 @@ def test_a_request_larger_than_the_whole_quota_is_a_400_not_an_exhausted_quota(
     error = assert_error_response(exc.response, 400, "request_too_large")
     assert (error["type"], error["param"]) == ("invalid_request_error", "max_tokens")
     assert f"more than your whole {whole}. Lower max_tokens" in error["message"]
+    # What it may use, and what that is made of (the estimate and the cap asked for).
+    may = "use up to" if plan == "free" else "cost up to"
+    assert error["message"].startswith(f"This request may {may} "), error["message"]
+    assert f" + max_tokens {max_tokens}), more than" in error["message"], error["message"]
     assert mock.requests_seen() == forwarded
     fits = ask(client, 10, 20, model=model)
     (row, _) = ledger_through(gateway, account.key_id, fits.headers["x-request-id"])

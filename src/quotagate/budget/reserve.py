@@ -14,8 +14,9 @@ import orjson
 
 from quotagate.budget.estimate import Estimator
 from quotagate.budget.pricing import cost_micros
-from quotagate.errors import RateLimited
+from quotagate.errors import BadRequest, RateLimited
 from quotagate.pipeline.context import RequestContext
+from quotagate.pipeline.parse import set_output_cap
 from quotagate.routing.catalog import Target
 from quotagate.store.base import ReservationCheck
 
@@ -29,26 +30,44 @@ def reserve(
     """For ``ctx``'s model, or ``target``'s (a fallback about to serve it) when given."""
     model, price = (ctx.model, ctx.price) if target is None else (target.model, target.prices)
     ctx.prompt_estimate = estimator.prompt_tokens(ctx.payload, ctx.endpoint.name, model)
-    cap = ctx.max_tokens or default_max_tokens
     output = 0
     if ctx.endpoint.generates:
-        output = cap * ctx.choices
         if ctx.max_tokens is None:  # the upstream is told the cap that was reserved
-            ctx.output_cap = cap
+            set_output_cap(ctx, default_max_tokens)
+        output = (ctx.max_tokens or default_max_tokens) * ctx.choices
     ctx.reserved_tokens = ctx.prompt_estimate + output
     ctx.reserved_micros = cost_micros(ctx.prompt_estimate, output, price)
 
 
 def too_large(name: str, capacity: int, ctx: RequestContext) -> RateLimited:
+    """For a token rate limit (TPM): a 429, as OpenAI answers a request too large for
+    its TPM."""
+    return RateLimited(
+        f"Request too large for {name}: it {_may(ctx, f'use {ctx.reserved_tokens} tokens')}"
+        f", more than the limit of {capacity}. {_LOWER}",
+        code="request_too_large",
+    )
+
+
+def larger_than_quota(whole: str, may: str, ctx: RequestContext) -> BadRequest:
+    """For a quota or budget (``whole``: which, and its amount): no reset would let the
+    request through, so it is the client's to change (400), not used up (402)."""
+    return BadRequest(
+        f"This request {_may(ctx, may)}, more than your whole {whole}. {_LOWER}",
+        code="request_too_large",
+        param="max_tokens",
+    )
+
+
+_LOWER = "Lower max_tokens or shorten the prompt."
+
+
+def _may(ctx: RequestContext, what: str) -> str:
+    """The clause "may <what> (prompt ~P + max_tokens M [x n N])": what was reserved."""
     output = ctx.reserved_tokens - ctx.prompt_estimate
     n = ctx.choices
     asked = f"max_tokens {output // n} x n {n}" if n > 1 else f"max_tokens {output}"
-    return RateLimited(
-        f"Request too large for {name}: it may use {ctx.reserved_tokens} tokens "
-        f"(prompt ~{ctx.prompt_estimate} + {asked}), more than the "
-        f"limit of {capacity}. Lower max_tokens or shorten the prompt.",
-        code="request_too_large",
-    )
+    return f"may {what} (prompt ~{ctx.prompt_estimate} + {asked})"
 
 
 def reservation_record(

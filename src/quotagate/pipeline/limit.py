@@ -15,10 +15,10 @@ from quotagate.auth.principal import Principal
 from quotagate.budget.credits import RATE_PERMILLE
 from quotagate.budget.feedback import crossed, quota_headers, reset_time, warning
 from quotagate.budget.pricing import Prices, format_money, output_tokens_for
-from quotagate.budget.reserve import reservation_record, reserve, too_large
+from quotagate.budget.reserve import larger_than_quota, reservation_record, reserve, too_large
 from quotagate.budget.thresholds import QuotaAlerts
 from quotagate.config.snapshot import CompiledPlan, LimitSet
-from quotagate.errors import BadRequest, GatewayError, QuotaExhausted, RateLimited
+from quotagate.errors import BadRequest, QuotaExhausted, RateLimited
 from quotagate.ids import new_id
 from quotagate.limits.engine import LimitEngine
 from quotagate.limits.headers import rate_limit_headers
@@ -98,6 +98,8 @@ class Limit:
                 _undo_degrade(ctx, mark, origin)
                 check = checks[admission.denied]
                 assert isinstance(check, CounterCheck)
+                if 0 < check.limit < check.cost:  # not used up: this request cannot fit
+                    raise _larger_than_quota(denied, check, ctx, plan.currency)
                 raise self._exhausted(denied, check, outcome, plan.currency)
         _undo_degrade(ctx, mark, origin)
         raise QuotaExhausted(
@@ -290,9 +292,7 @@ class Limit:
 
     def _exhausted(
         self, limit: CompiledLimit, check: CounterCheck, outcome: CheckOutcome, currency: str
-    ) -> GatewayError:
-        if 0 < check.limit < check.cost:  # not used up: this request alone would not fit
-            return _larger_than_quota(limit, check, currency)
+    ) -> QuotaExhausted:
         QUOTA_EXHAUSTED.labels("reject").inc()
         status = self._policy.snapshot.policy.accounting.exhausted_status
         used = check.limit - outcome.remaining
@@ -314,23 +314,17 @@ class Limit:
         return QuotaExhausted(message, code=limit.name, status=status, headers=headers)
 
 
-def _larger_than_quota(limit: CompiledLimit, check: CounterCheck, currency: str) -> BadRequest:
-    """A request whose reservation alone is more than the whole quota: no reset would let
-    it through, so it is the client's to change (400), not an exhausted quota (402)."""
+def _larger_than_quota(
+    limit: CompiledLimit, check: CounterCheck, ctx: RequestContext, currency: str
+) -> BadRequest:
     period = _ADJECTIVE.get(limit.period or "", "")
     if limit.unit == "micros":
-        what = f"{period}budget ({limit.name}) of {format_money(check.limit)} {currency}"
+        whole = f"{period}budget ({limit.name}) of {format_money(check.limit)} {currency}"
         may = f"cost up to {format_money(check.cost)} {currency}"
     else:
-        what = f"{period}{limit.unit} quota ({limit.name}) of {check.limit} {limit.unit}"
+        whole = f"{period}{limit.unit} quota ({limit.name}) of {check.limit} {limit.unit}"
         may = f"use up to {check.cost} {limit.unit}"
-    return BadRequest(
-        f"This request may {may} (its prompt and max_tokens, or the plan's default when "
-        f"it names none), more than your whole {what}. Lower max_tokens or shorten the "
-        "prompt.",
-        code="request_too_large",
-        param="max_tokens",
-    )
+    return larger_than_quota(whole, may, ctx)
 
 
 def _check(

@@ -61,13 +61,16 @@ def _largest(payload: dict[str, Any], fields: tuple[str, ...], most: int) -> int
 def set_output_cap(ctx: RequestContext, tokens: int) -> None:
     """Lower the answer's cap to ``tokens``: every token field the request names that
     is above it, or, when it names none, the cap forward adds (``ctx.output_cap``)."""
-    present = [f for f in TOKEN_FIELDS if ctx.payload.get(f) is not None]
-    for field in present:
-        if ctx.payload[field] > tokens:
-            ctx.payload[field] = tokens
-            ctx.payload_changed = True
-    if not present:
+    # Parse leaves max_tokens None only when no field is named; output_cap is only set
+    # when none is: either way the request has no token field to lower.
+    if ctx.max_tokens is None or ctx.output_cap is not None:
         ctx.output_cap = tokens
+    else:
+        for field in TOKEN_FIELDS:
+            value = ctx.payload.get(field)
+            if value is not None and value > tokens:
+                ctx.payload[field] = tokens
+                ctx.payload_changed = True
     ctx.max_tokens = tokens
 
 
