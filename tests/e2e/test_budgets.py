@@ -351,9 +351,14 @@ def test_a_request_larger_than_the_whole_quota_is_a_400_not_an_exhausted_quota(
     may = "use up to" if plan == "free" else "cost up to"
     assert error["message"].startswith(f"This request may {may} "), error["message"]
     assert f" + max_tokens {max_tokens}), more than" in error["message"], error["message"]
+    if plan == "free":  # no max_tokens: the plan's default_max_tokens (1024) is too large
+        bare = refused(lambda: client.chat.completions.create(model=model, messages=messages("hi")))
+        error = assert_error_response(bare.response, 400, "request_too_large")
+        assert " + max_tokens 1024), more than your whole" in error["message"], error["message"]
     assert mock.requests_seen() == forwarded
     fits = ask(client, 10, 20, model=model)
-    (row, _) = ledger_through(gateway, account.key_id, fits.headers["x-request-id"])
+    row, *rest = ledger_through(gateway, account.key_id, fits.headers["x-request-id"])
+    assert len(rest) == (2 if plan == "free" else 1)  # the bare one, and the one that fits
     assert (row["status"], row["http_status"], row["denial_reason"]) == (
         "denied", 400, "request_too_large",
     )  # fmt: skip
