@@ -14,8 +14,11 @@ Each mode keeps its best round (noise on a shared machine only ever costs req/s)
 Proxy on core 0, mock LLM and wrk on core 1, as in ``bench/run.py``. For each round the
 gateway's CPU per request is read from /proc over the measured run, split between its
 main thread (the event loop) and its other threads (the ledger's SQLite connections).
+The limits live in the gateway's memory, or with ``--store redis`` in a private
+redis-server on core 1 (the deployment of many instances: admission and settlement
+are script calls there).
 
-    .venv/bin/python bench/modes.py [--rounds 3] [--duration 8] [--write]
+    .venv/bin/python bench/modes.py [--rounds 3] [--duration 8] [--store redis] [--write]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import yaml
 from cpu import LOAD_CORE, PROXY_CORE, wait_for_quiet
 from loadgen import Load, Run, require_tools, run_wrk
 from processes import Child, check_answers, free_port, start_child
+from redis_stores import start_redis_stores
 from report import record_section
 from run import BODY, CHAT, QUOTAGATE, command_line, policy, say
 
@@ -67,6 +71,10 @@ def parse_args() -> argparse.Namespace:
         help="sqlite (a file per run), or a postgresql+asyncpg:// URL (a schema per run, "
         "dropped after)",
     )  # fmt: skip
+    p.add_argument(
+        "--store", default="memory", choices=("memory", "redis"),
+        help="the limits' store: in process, or a private redis-server on the load's core",
+    )  # fmt: skip
     p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS")
     p.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     return p.parse_args()
@@ -78,6 +86,10 @@ class Modes:
         self.env = {**os.environ, "QUOTAGATE_SECRET": secrets.token_urlsafe(24)}
         # mode → per round: the gateway's CPU µs a request (main thread, other threads)
         self.cpu: dict[str, list[tuple[float, float]]] = {}
+        self.store_url = "memory://"
+        if args.store == "redis":
+            redis = start_redis_stores(tmp / "redis", LOAD_CORE, stack, ["redis"])
+            self.store_url = redis["redis"].url
 
     def start(self, name: str, core: int, cmd: list[str], port: int, env: dict[str, str]) -> Child:
         child = start_child(
@@ -94,6 +106,7 @@ class Modes:
         port = free_port()
         config = data / "policy.yaml"
         doc = policy(port, upstream, data, accounting, access_log)
+        doc["store"] = {"url": self.store_url, "timeout": "1s"}
         observability = doc.setdefault("observability", {})
         observability["metrics"] = {"enabled": metrics}
         observability["tracing"] = {"enabled": tracing}
@@ -173,11 +186,13 @@ def report(
     runs: dict[str, list[Run]], cpu: dict[str, list[tuple[float, float]]], args: argparse.Namespace
 ) -> str:
     best = {m: max((r.rps for r in rs if r.valid), default=0.0) for m, rs in runs.items()}
+    store = "memory store" if args.store == "memory" else "Redis store (a private server on core 1)"
     lines = [
         f"wrk -c{args.connections} -d{args.duration:g}s after {args.warmup:g}s warm-up; "
         f"{args.rounds} interleaved rounds, best kept; one gateway worker on core "
-        f"{PROXY_CORE}, memory store, {'SQLite' if args.database == 'sqlite' else 'PostgreSQL'} "
-        f"ledger; mock LLM and wrk on core {LOAD_CORE}.",
+        f"{PROXY_CORE}, {store}, "
+        f"{'SQLite' if args.database == 'sqlite' else 'PostgreSQL'} ledger; mock LLM and wrk on "
+        f"core {LOAD_CORE}.",
         "",
         "| mode | best req/s | every round | CPU µs a request, main + other threads (median) |",
         "|---|---:|---|---|",
@@ -223,9 +238,10 @@ def main() -> None:
     print(body)
     if args.write:
         db = "sqlite" if args.database == "sqlite" else "postgresql"
+        on = "" if args.store == "memory" else f", {args.store} store"
         record_section(
-            f"modes-{db}",
-            f"Modes ({db} ledger): accounting and access log, gateway against gateway",
+            f"modes-{db}{'' if args.store == 'memory' else '-' + args.store}",
+            f"Modes ({db} ledger{on}): accounting and access log, gateway against gateway",
             command_line(), body,
         )  # fmt: skip
 

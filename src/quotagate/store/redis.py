@@ -41,6 +41,7 @@ from quotagate.store.base import (
 
 _US = 1_000_000
 _POOL_SIZE = 64  # connections per gateway process (per node in a Cluster)
+_BATCH = 128  # settlements at most in one script call
 
 
 def _script(name: str) -> str:
@@ -138,6 +139,11 @@ class RedisStore:
         # Bounds commands in flight per process: a burst queues here (inside the
         # engine's deadline) rather than opening connections without limit.
         self._slots = asyncio.Semaphore(_POOL_SIZE)
+        # Settlements waiting for the script call in flight to return (one server):
+        # they go together in the next one (see settle).
+        self._waiting: list[tuple[list[str], list[Any], asyncio.Future[int]]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self.settle_calls = 0  # script calls that carried settlements (for the tests)
 
     async def start(self) -> None:
         """Load the scripts on every primary before traffic, so a cold burst does not
@@ -203,9 +209,8 @@ class RedisStore:
         answers it), for window and calendar counters; else the server's now."""
         for group in self._by_slot(checks):
             keys = [self.prefix + checks[i].key for i in group]
-            args: list[Any] = [a for i in group for a in _adjust_args(checks[i], deltas[i])]
-            if at_us is not None:
-                args.append(at_us)
+            args: list[Any] = [len(group), "" if at_us is None else at_us]
+            args += [a for i in group for a in _adjust_args(checks[i], deltas[i])]
             await self._call(self._adjust, keys, args)
 
     async def settle(
@@ -215,13 +220,12 @@ class RedisStore:
         slot = key_slot(key.encode()) if self.cluster else 0
         own = [i for i, c in enumerate(checks) if self._slot(c.key) == slot]
         keys = [key] + [self.prefix + checks[i].key for i in own]
-        args: list[Any] = ["r", round(reservation.ttl * _US), reservation.member]
+        args: list[Any] = [len(keys), "", "r", round(reservation.ttl * _US), reservation.member]
         args += [a for i in own for a in _adjust_args(checks[i], deltas[i])]
-        try:
-            async with self._slots:
-                admitted_at = int(await self._adjust(keys=keys, args=args))
-        except Exception as exc:  # redis-py raises more than RedisError on broken links
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        if self.cluster:  # a script call touches one slot: one settlement a call
+            admitted_at = (await self._settle_group(keys, args))[0]
+        else:
+            admitted_at = await self._settle_batched(keys, args)
         settled = admitted_at != -1
         rest = [i for i in range(len(checks)) if i not in own]
         if settled and rest:  # other slots (global scopes in a Cluster): a second call,
@@ -229,6 +233,50 @@ class RedisStore:
             rest_checks, rest_deltas = [checks[i] for i in rest], [deltas[i] for i in rest]
             await self.adjust(rest_checks, rest_deltas, at_us=admitted_at)
         return settled
+
+    async def _settle_batched(self, keys: list[str], args: list[Any]) -> int:
+        """One settlement, sent with the others that arrive while a call is in flight.
+
+        Settlements come after the response, one per metered request; each its own
+        script call was a second round trip per request. Here at most one settlement
+        call is in flight per process: what arrives meanwhile waits and goes in the next
+        one, so under load one call carries many and when idle none waits longer than a
+        round trip. Each group is decided on its own by adjust.lua (a reaped
+        reservation fails its group only); a failed call fails every settlement in it.
+        """
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append((keys, args, answer))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_settlements())
+        return await answer
+
+    async def _send_settlements(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[:_BATCH], self._waiting[_BATCH:]
+                keys = [k for group in batch for k in group[0]]
+                args = [a for group in batch for a in group[1]]
+                try:
+                    answers = await self._settle_group(keys, args)
+                except StoreUnavailable as exc:
+                    for _, _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                    continue
+                for (_, _, answer), admitted_at in zip(batch, answers, strict=True):
+                    if not answer.done():  # its caller may have given up (its deadline)
+                        answer.set_result(admitted_at)
+        finally:
+            self._sender = None
+
+    async def _settle_group(self, keys: list[str], args: list[Any]) -> list[int]:
+        self.settle_calls += 1
+        try:
+            async with self._slots:
+                answers = await self._adjust(keys=keys, args=args)
+        except Exception as exc:  # redis-py raises more than RedisError on broken links
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        return [int(a) for a in answers]
 
     def _slot(self, key: str) -> int:
         return key_slot((self.prefix + key).encode()) if self.cluster else 0

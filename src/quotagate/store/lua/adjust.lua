@@ -1,54 +1,70 @@
--- Adjust counters already consumed: ARGV per key: kind, a, delta, where a is the
--- interval µs (GCRA), "f:<window µs>" (fixed window) or a calendar spec
--- "c:<prev>:<start>:<end>:<next>" (µs, as admitted). Kind "r" (first, if present) settles
--- a reservation: ARGV kind, its ttl µs, member. If it is gone (a reaper took it: its
--- request was recorded unsettled) nothing is adjusted: -1. Otherwise its score
--- (admitted at + ttl) tells which window or calendar period the request was charged
--- in: a correction goes there or, if the counter has rolled over since, nowhere (never
--- to the new one); and the script answers that instant (µs), for the counters of other
--- slots (a Cluster), adjusted by a second call that passes it as one more ARGV.
--- Without a reservation or that ARGV, "admitted" is now. An old gateway's "0" spec
--- (fixed window) adjusts whatever window is stored.
+-- Adjust counters already consumed, in groups: one call carries any number of them
+-- (the settlements of many requests, batched by the store). Each group is
+--   ARGV: n, at, then per key of the group (n KEYS, in order): kind, a, delta
+-- where a is the interval µs (GCRA), "f:<window µs>" (fixed window) or a calendar spec
+-- "c:<prev>:<start>:<end>:<next>" (µs, as admitted), and at is when the request was
+-- admitted (µs; "" for now). Kind "r" (a group's first key, if present) settles a
+-- reservation: a is its ttl µs, delta its member. If it is gone (a reaper took it: its
+-- request was recorded unsettled) nothing of its group is adjusted: -1. Otherwise its
+-- score (admitted at + ttl) tells which window or calendar period the request was
+-- charged in: a correction goes there or, if the counter has rolled over since,
+-- nowhere (never to the new one); and the group answers that instant (µs), for the
+-- counters of other slots (a Cluster), adjusted by a second call that passes it as at.
+-- A group without a reservation answers 0. An old gateway's "0" spec (fixed window)
+-- adjusts whatever window is stored.
 -- A positive delta charges more, a negative one refunds; a refund never creates credit
 -- beyond a full bucket or below zero. Used to compensate a cross-slot admission that a
--- later check denied, and by reserve-then-settle.
+-- later check denied, and by reserve-then-settle. Answers one integer per group.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local at = tonumber(ARGV[#KEYS * 3 + 1]) or now  -- when the request was admitted
-local settled = nil
-for i = 1, #KEYS do
-  local kind, spec = ARGV[i * 3 - 2], ARGV[i * 3 - 1]
-  local interval, delta = tonumber(spec), tonumber(ARGV[i * 3])
-  if kind == 'r' then
-    local score = redis.call('ZSCORE', KEYS[i], ARGV[i * 3])
-    if not score then return -1 end
-    redis.call('ZREM', KEYS[i], ARGV[i * 3])
-    at = tonumber(score) - interval
-    settled = at
-  elseif kind == 'c' then
-    local h = redis.call('HMGET', KEYS[i], 'p', 'c')
-    local used, charged = tonumber(h[2]), nil
-    local pv, s, e = spec:match('^c:([^:]+):([^:]+):([^:]+):')
-    if pv then  -- the period holding the admission instant
-      pv, s, e = tonumber(pv), tonumber(s), tonumber(e)
-      if at < s then charged = pv elseif at >= e then charged = e else charged = s end
-    elseif spec:sub(1, 2) == 'f:' then  -- the fixed window holding the admission instant
-      local w = tonumber(spec:sub(3))
-      charged = math.floor(at / w) * w
-    end
-    if used and (charged == nil or tonumber(h[1]) == charged) then
-      redis.call('HSET', KEYS[i], 'c', math.max(0, used + delta))
-    end
-  else
-    local tat = tonumber(redis.call('GET', KEYS[i]))
-    if tat or delta > 0 then
-      local new_tat = math.max(tat or now, now) + delta * interval
-      if new_tat > now then
-        redis.call('SET', KEYS[i], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+local answers = {}
+local k, a = 0, 1  -- KEYS before this group, the group's first ARGV
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local at = tonumber(ARGV[a + 1]) or now
+  local answer = 0
+  for i = k + 1, k + n do
+    local j = a + 2 + (i - k - 1) * 3
+    local kind, spec = ARGV[j], ARGV[j + 1]
+    local interval, delta = tonumber(spec), tonumber(ARGV[j + 2])
+    if answer == -1 then
+      -- the reservation was gone: the rest of its group stays as it is
+    elseif kind == 'r' then
+      local score = redis.call('ZSCORE', KEYS[i], ARGV[j + 2])
+      if score then
+        redis.call('ZREM', KEYS[i], ARGV[j + 2])
+        at = tonumber(score) - interval
+        answer = at
       else
-        redis.call('DEL', KEYS[i])
+        answer = -1
+      end
+    elseif kind == 'c' then
+      local h = redis.call('HMGET', KEYS[i], 'p', 'c')
+      local used, charged = tonumber(h[2]), nil
+      local pv, s, e = spec:match('^c:([^:]+):([^:]+):([^:]+):')
+      if pv then  -- the period holding the admission instant
+        pv, s, e = tonumber(pv), tonumber(s), tonumber(e)
+        if at < s then charged = pv elseif at >= e then charged = e else charged = s end
+      elseif spec:sub(1, 2) == 'f:' then  -- the fixed window holding the admission instant
+        local w = tonumber(spec:sub(3))
+        charged = math.floor(at / w) * w
+      end
+      if used and (charged == nil or tonumber(h[1]) == charged) then
+        redis.call('HSET', KEYS[i], 'c', math.max(0, used + delta))
+      end
+    else
+      local tat = tonumber(redis.call('GET', KEYS[i]))
+      if tat or delta > 0 then
+        local new_tat = math.max(tat or now, now) + delta * interval
+        if new_tat > now then
+          redis.call('SET', KEYS[i], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+        else
+          redis.call('DEL', KEYS[i])
+        end
       end
     end
   end
+  answers[#answers + 1] = answer
+  k, a = k + n, a + 2 + n * 3
 end
-return settled or #KEYS
+return answers
