@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -116,8 +117,22 @@ def _args(check: Check) -> tuple[str | int | float, ...]:
 def _counter_spec(check: CounterCheck) -> str:
     """A fixed window ``f:<µs>``, or the calendar periods ``c:<prev>:<start>:<end>:<next>``."""
     if check.window:
-        return f"f:{round(check.window * _US)}"
-    return "c:" + ":".join(str(round(b * _US)) for b in check.calendar())
+        return _window_spec(check.window)
+    return _calendar_spec(check.prev_start, check.start, check.end, check.next_end)
+
+
+@lru_cache(maxsize=256)
+def _window_spec(window: float) -> str:
+    return f"f:{round(window * _US)}"
+
+
+@lru_cache(maxsize=1024)
+def _calendar_spec(prev_start: float, start: float, end: float, next_end: float) -> str:
+    # Cached: a period's bounds are the same for every request in it (a few zones and
+    # periods per gateway), and formatting them was two admission and two settlement
+    # specs a metered request.
+    bounds = CounterCheck("", 0, 0, 0.0, start, end, next_end, prev_start).calendar()
+    return "c:" + ":".join(str(round(b * _US)) for b in bounds)
 
 
 def _adjust_args(check: Adjustable, delta: int) -> tuple[str, float | str, int]:
