@@ -9,6 +9,11 @@ same body sent to a route that forces another model), 422; a failed first attemp
 frees the key so the retry is served (and charged) normally. Keys are per API key: one
 caller cannot replay another's answers, and a replay is served only once the plan
 still allows the model (the stage runs after ``authorize``).
+
+The claim names its request, and the first request keeps or frees the key only while
+its own claim is still there (a compare-and-set in the store): a claim outlives
+``accounting.reservation_ttl`` at most, and a request slower than that has lost the key
+to any retry that came after; its end then leaves the retry's claim (or answer) alone.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import logging
 
 from quotagate.errors import Conflict
 from quotagate.limits.engine import LimitEngine
+from quotagate.observability.metrics import IDEMPOTENCY_LOST
 from quotagate.pipeline.context import RequestContext
 from quotagate.pipeline.stage import Answered, PolicySource
 from quotagate.store.base import StoreUnavailable
@@ -49,15 +55,16 @@ class Idempotency:
         # another model on the same body.
         fingerprint = hashlib.sha256(ctx.model.encode() + b"\0" + ctx.body).digest()[:16]
         ttl = self._policy.snapshot.policy.accounting.reservation_ttl
+        claim = _PENDING + fingerprint + ctx.request_id.encode()
         try:
-            found = await self._engine.put_if_absent(key, _PENDING + fingerprint, ttl)
+            found = await self._engine.put_if_absent(key, claim, ttl)
         except StoreUnavailable:
             log.warning(
                 "idempotency store unavailable: request %s not deduplicated", ctx.request_id
             )
             return
         if found is None:
-            ctx.idempotency_store = (key, fingerprint)
+            ctx.idempotency_store = (key, claim)
             ctx.kept_body = []
             return
         if found[1:17] != fingerprint:
@@ -74,19 +81,25 @@ class Idempotency:
         """After the response: keep a 2xx answer for replays; free the key otherwise."""
         if ctx.idempotency_store is None:
             return
-        key, fingerprint = ctx.idempotency_store
+        key, claim = ctx.idempotency_store
         kept = ctx.kept_body
         if kept is not None and sum(map(len, kept)) > MAX_KEPT:
             kept = None
+        answer = None  # None: free the key
+        if 200 <= ctx.status < 300 and kept is not None:
+            answer = _DONE + claim[1:17] + ctx.response_type + b"\n" + b"".join(kept)
+        ttl = self._policy.snapshot.policy.accounting.idempotency_ttl
         try:
-            if 200 <= ctx.status < 300 and kept is not None:
-                answer = _DONE + fingerprint + ctx.response_type + b"\n" + b"".join(kept)
-                ttl = self._policy.snapshot.policy.accounting.idempotency_ttl
-                await self._engine.put(key, answer, ttl)
-            else:
-                await self._engine.delete(key)
+            ours = await self._engine.swap(key, claim, answer, ttl)
         except StoreUnavailable:
             log.warning("idempotency store unavailable: key of %s not updated", ctx.request_id)
+            return
+        if not ours:
+            IDEMPOTENCY_LOST.inc()
+            log.warning(
+                "request %s outlived its Idempotency-Key claim (accounting.reservation_ttl): "
+                "another request holds the key now, left as it is", ctx.request_id,
+            )  # fmt: skip
 
 
 async def _replay(ctx: RequestContext, answer: bytes) -> None:

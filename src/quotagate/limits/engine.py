@@ -254,6 +254,10 @@ class LimitEngine:
     async def delete(self, key: str) -> None:
         await self._bounded(self.store.delete(key))
 
+    async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
+        """The store's compare-and-set, bounded by a deadline; StoreUnavailable past it."""
+        return await self._bounded(self.store.swap(key, expected, value, ttl))
+
     async def _bounded(self, call: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self.settings.timeout * 4):

@@ -93,6 +93,11 @@ REAPED = Counter(
     "quotagate_reservations_reaped_total",
     "Reservations never settled by their gateway (killed), recorded as unsettled.",
 )
+IDEMPOTENCY_LOST = Counter(
+    "quotagate_idempotency_claims_lost_total",
+    "Requests that outlived their Idempotency-Key claim: another request held the key "
+    "when they ended, so their answer was not kept.",
+)
 QUOTA_EXHAUSTED = Counter(
     "quotagate_quota_exhausted_total",
     "Requests refused or degraded because a quota or budget was used up, by action.",

@@ -92,7 +92,8 @@ class RequestContext:
         self.request_id = ""
         self.record_id = ""  # the ledger's id for this request: always the gateway's own
         self.idempotency_key = b""
-        # The claimed key and the request's fingerprint, to finish after the response.
+        # The claimed key and the claim's value (its fingerprint and the request id), to
+        # finish after the response.
         self.idempotency_store: tuple[str, bytes] | None = None
         self.kept_body: list[bytes] | None = None  # the answer's bytes, kept for replay
         self.kept_bytes = 0

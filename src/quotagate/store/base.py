@@ -135,6 +135,11 @@ class LimitStore(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
+        """Replace ``key`` by ``value`` (delete it when None) only while it holds
+        ``expected``; False when it held anything else or nothing."""
+        ...
+
     async def start(self) -> None:
         """Prepare before traffic; raises ``StoreUnavailable`` if the store is down."""
         ...

@@ -227,6 +227,15 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self._values.pop(key, None)
 
+    async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
+        if await self.get(key) != expected:
+            return False
+        if value is None:
+            await self.delete(key)
+        else:
+            await self.put(key, value, ttl)
+        return True
+
     def _maybe_sweep(self, now: float) -> None:
         self._until_sweep -= 1
         if self._until_sweep > 0:

@@ -151,6 +151,7 @@ class RedisStore:
         self._adjust = self.client.register_script(_script("adjust.lua"))
         self._release = self.client.register_script(_script("release.lua"))
         self._reap = self.client.register_script(_script("reap.lua"))
+        self._swap = self.client.register_script(_script("swap.lua"))
         # Bounds commands in flight per process: a burst queues here (inside the
         # engine's deadline) rather than opening connections without limit.
         self._slots = asyncio.Semaphore(_POOL_SIZE)
@@ -164,7 +165,7 @@ class RedisStore:
         """Load the scripts on every primary before traffic, so a cold burst does not
         meet NOSCRIPT all at once (EVALSHA still reloads on NOSCRIPT after a restart)."""
         try:
-            for script in (self._admit, self._adjust, self._release, self._reap):
+            for script in (self._admit, self._adjust, self._release, self._reap, self._swap):
                 await self.client.script_load(script.script)
         except Exception as exc:  # not fatal: the gateway starts degraded and recovers
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
@@ -360,6 +361,14 @@ class RedisStore:
             async with self._slots:
                 await self.client.delete(self.prefix + key)
         except Exception as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
+        args: list[bytes | int] = [expected, value or b"", max(1, round(ttl * 1000))]
+        try:
+            async with self._slots:
+                return bool(await self._swap(keys=[self.prefix + key], args=args))
+        except Exception as exc:  # redis-py raises more than RedisError on broken links
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
     async def ping(self) -> bool:

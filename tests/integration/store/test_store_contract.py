@@ -190,3 +190,22 @@ async def test_counter_refund_never_goes_below_zero(store: LimitStore) -> None:
     await store.acquire([check])
     await store.adjust([check], [-100])
     assert (await store.acquire([check])).outcomes[0].remaining == 6
+
+
+async def test_swap_replaces_or_deletes_only_while_the_value_is_expected(
+    store: LimitStore,
+) -> None:
+    """The compare-and-set an Idempotency-Key's first request ends with: its own claim
+    is replaced (or freed); a claim someone else took since is left alone."""
+    key = "idem:{t:s}:order"
+    assert await store.put_if_absent(key, b"p-first", 60.0) is None
+    assert not await store.swap(key, b"p-other", b"d-answer", 60.0)
+    assert await store.get(key) == b"p-first"
+    assert await store.swap(key, b"p-first", b"d-answer", 60.0)
+    assert await store.get(key) == b"d-answer"
+    assert not await store.swap(key, b"p-first", None, 60.0)
+    assert await store.get(key) == b"d-answer"
+    assert await store.swap(key, b"d-answer", None, 60.0)
+    assert await store.get(key) is None
+    assert not await store.swap(key, b"d-answer", b"again", 60.0), "a missing key is not it"
+    assert await store.get(key) is None
