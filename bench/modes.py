@@ -38,7 +38,12 @@ import yaml
 from cpu import LOAD_CORE, PROXY_CORE, wait_for_quiet
 from loadgen import Load, Run, require_tools, run_wrk
 from processes import Child, check_answers, free_port, start_child
-from redis_stores import start_redis_stores
+from redis_stores import (
+    CallsPerRequest,
+    RedisDeployment,
+    script_commands,
+    start_redis_stores,
+)
 from report import record_section
 from run import BODY, CHAT, QUOTAGATE, command_line, policy, say
 
@@ -87,9 +92,12 @@ class Modes:
         # mode → per round: the gateway's CPU µs a request (main thread, other threads)
         self.cpu: dict[str, list[tuple[float, float]]] = {}
         self.store_url = "memory://"
+        self.redis: RedisDeployment | None = None
+        # mode → per round: Redis script calls (round trips) per request answered
+        self.calls: dict[str, list[float]] = {}
         if args.store == "redis":
-            redis = start_redis_stores(tmp / "redis", LOAD_CORE, stack, ["redis"])
-            self.store_url = redis["redis"].url
+            self.redis = start_redis_stores(tmp / "redis", LOAD_CORE, stack, ["redis"])["redis"]
+            self.store_url = self.redis.url
 
     def start(self, name: str, core: int, cmd: list[str], port: int, env: dict[str, str]) -> Child:
         child = start_child(
@@ -142,6 +150,7 @@ class Modes:
         upstream = mock.base_url + "/v1"
         runs: dict[str, list[Run]] = {m: [] for m in modes}
         self.cpu = {m: [] for m in modes}
+        self.calls = {m: [] for m in modes}
         for round_ in range(self.args.rounds):
             for mode in modes if round_ % 2 == 0 else reversed(modes):
                 gateway, load = self.gateway(mode, upstream, round_)
@@ -153,13 +162,22 @@ class Modes:
                 check_answers(mode, url, BODY.encode(), headers)
                 run_wrk(url, load, self.args.connections, self.args.warmup)
                 main, other = gateway.thread_cpu_seconds()
+                before = self.redis.command_stats() if self.redis is not None else None
                 result = run_wrk(url, load, self.args.connections, self.args.duration)
                 main_after, other_after = gateway.thread_cpu_seconds()
+                if self.redis is not None and before is not None:
+                    ran = self.redis.command_stats() - before
+                    calls = CallsPerRequest(ran, max(1, result.requests), script_commands())
+                    self.calls[mode].append(calls.script_calls)
                 per_request = 1e6 / max(1, result.requests)
                 cpu = ((main_after - main) * per_request, (other_after - other) * per_request)
+                calls_said = (
+                    f", {self.calls[mode][-1]:.2f} Redis script calls a request"
+                    if self.calls[mode] else ""
+                )  # fmt: skip
                 say(
                     f"round {round_ + 1} {mode}: {result.rps:,.0f} req/s, CPU µs a request: "
-                    f"{cpu[0]:.1f} main thread + {cpu[1]:.1f} other threads"
+                    f"{cpu[0]:.1f} main thread + {cpu[1]:.1f} other threads{calls_said}"
                 )
                 runs[mode].append(result)
                 self.cpu[mode].append(cpu)
@@ -183,7 +201,10 @@ def drop_schema(url: str, schema: str) -> None:
 
 
 def report(
-    runs: dict[str, list[Run]], cpu: dict[str, list[tuple[float, float]]], args: argparse.Namespace
+    runs: dict[str, list[Run]],
+    cpu: dict[str, list[tuple[float, float]]],
+    args: argparse.Namespace,
+    calls: dict[str, list[float]],
 ) -> str:
     best = {m: max((r.rps for r in rs if r.valid), default=0.0) for m, rs in runs.items()}
     store = "memory store" if args.store == "memory" else "Redis store (a private server on core 1)"
@@ -194,8 +215,9 @@ def report(
         f"{'SQLite' if args.database == 'sqlite' else 'PostgreSQL'} ledger; mock LLM and wrk on "
         f"core {LOAD_CORE}.",
         "",
-        "| mode | best req/s | every round | CPU µs a request, main + other threads (median) |",
-        "|---|---:|---|---|",
+        "| mode | best req/s | every round | CPU µs a request, main + other threads (median) "
+        "| Redis script calls a request (median) |",
+        "|---|---:|---|---|---:|",
     ]
     for mode, rs in runs.items():
         rounds = ", ".join(f"{r.rps:,.0f}" for r in rs)
@@ -203,7 +225,8 @@ def report(
         other = statistics.median(c[1] for c in cpu[mode])
         lines.append(
             f"| {mode} | {best[mode]:,.0f} | {rounds} | {main:.1f} + {other:.1f} = "
-            f"{main + other:.1f} |"
+            f"{main + other:.1f} | "
+            f"{f'{statistics.median(calls[mode]):.2f}' if calls.get(mode) else '—'} |"
         )
     lines += ["", "**Targets:**", ""]
     for mode, base, limit, what in TARGETS:
@@ -234,7 +257,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qg-modes-") as tmp, ExitStack() as stack:
         bench = Modes(Path(tmp), args, stack)
         runs = bench.run(modes)
-    body = report(runs, bench.cpu, args)
+    body = report(runs, bench.cpu, args, bench.calls)
     print(body)
     if args.write:
         db = "sqlite" if args.database == "sqlite" else "postgresql"

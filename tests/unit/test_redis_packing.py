@@ -1,0 +1,51 @@
+"""The Redis store's connections pack commands with hiredis (store/redis.py
+``hiredis_packed``): the bytes must be exactly those redis-py's own Python packer
+writes, for every kind of argument the store and redis-py's handshakes send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.asyncio import Connection, ConnectionPool
+from redis.asyncio.connection import SSLConnection
+from redis.exceptions import DataError
+
+from quotagate.store.redis import connect, hiredis_packed
+
+COMMANDS: list[tuple[Any, ...]] = [
+    ("EVALSHA", "3f2a" * 10, 2, "qg:rl:{t:acme}:k", b"qg:rs:{t:acme}", "g", 6000.0, 100, 1),
+    ("EVALSHA", "ab", 1, "k", "c", 1000, 50, "c:1763942400000000:1764028800000000:1:2"),
+    ("EVALSHA", "ab", 1, "k", 5, "", 1 / 3 * 1e6, 1e22, 2.5e-7, -1, 0, 10**15),
+    ("SET", "qg:idem:{t:a}:x", b"p\x00\xff\x10fingerprint", "NX", "GET", "PX", 60000),
+    ("SCRIPT LOAD", "return 1"),  # a command name of two words
+    (b"CLIENT SETNAME", "quotagate"),
+    ("GET", "clé-ünïcode"),
+    ("PING",),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: str(c[0]))
+def test_the_same_bytes_as_redis_py_packs(command: tuple[Any, ...]) -> None:
+    python, packed = Connection(), hiredis_packed(Connection)()
+    assert b"".join(packed.pack_command(*command)) == b"".join(python.pack_command(*command))
+
+
+def test_an_argument_redis_py_refuses_is_refused() -> None:
+    with pytest.raises(DataError):
+        Connection().pack_command("SET", "k", None)  # type: ignore[arg-type]
+    with pytest.raises(DataError):
+        hiredis_packed(Connection)().pack_command("SET", "k", None)
+
+
+async def test_the_store_connects_with_the_packing_subclass_of_the_urls_class() -> None:
+    """Plain and TLS URLs keep their connection class (and its TLS), packed by hiredis."""
+    for url, base in (
+        ("redis://127.0.0.1:1/0", Connection),
+        ("rediss://127.0.0.1:1/0", SSLConnection),
+    ):
+        client = connect(url, 1.0)
+        pool: ConnectionPool = client.connection_pool  # type: ignore[union-attr]
+        assert issubclass(pool.connection_class, base)
+        assert pool.connection_class is hiredis_packed(base)
+        await client.aclose()
