@@ -104,12 +104,14 @@ class KeyAuthenticator:
         try:
             row = await self._db.find_key(key_id)
             # Credits ride along with the key: a new one applies within the cache TTL.
-            grants = await self._db.grants(row.tenant_id) if row and _usable(row) else None
+            grants, holds = (
+                await self._db.grants(row.tenant_id) if row and _usable(row) else (None, 0.0)
+            )
         except Exception as exc:  # the driver's errors vary; all mean "cannot check now"
             log.warning("key lookup failed: %s", type(exc).__name__)
             raise ServiceUnavailable("Cannot verify the API key right now.") from exc
         if row is not None and _usable(row):
-            lifetime = min(self.ttl, _seconds_left(row))
+            lifetime = min(self.ttl, _seconds_left(row), holds)
             principal = _principal(row, grants)
             entry = _Entry(row.key_hash, principal, self._clock() + lifetime, row.tenant_name)
         else:

@@ -118,9 +118,13 @@ class JwtAuthenticator:
         issuer, claims = await self.verifier.verify(token)
         principal = await self._principal(issuer, claims, plans)
         lifetime = min(self.ttl, float(claims["exp"]) - self._wall_clock())
+        until = self._clock() + lifetime
+        tenant = self._tenants.get(principal.tenant_name)
+        if tenant is not None:  # its credits as loaded: not past the first one's expiry
+            until = min(until, tenant.expires_at)
         if len(self._verified) >= _MAX_TOKENS:
             self._verified.clear()
-        self._verified[token] = _Verified(principal, self._clock() + lifetime)
+        self._verified[token] = _Verified(principal, until)
         return principal
 
     async def _principal(
@@ -173,13 +177,16 @@ class JwtAuthenticator:
             return cached
         try:
             row = await self._find_tenant(name)
-            grants = await self._db.grants(row.id) if row is not None else None
+            grants, holds = (
+                await self._db.grants(row.id) if row is not None else (None, float("inf"))
+            )
         except Exception as exc:  # the driver's errors vary; all mean "cannot check now"
             log.warning("tenant lookup failed: %s", type(exc).__name__)
             raise ServiceUnavailable("Cannot verify the token's tenant right now.") from exc
         if len(self._tenants) >= _MAX_TENANTS:
             self._tenants.clear()
-        entry = self._tenants[name] = _Tenant(row, grants, self._clock() + self.ttl)
+        lifetime = min(self.ttl, holds)  # not past the first credit's expiry
+        entry = self._tenants[name] = _Tenant(row, grants, self._clock() + lifetime)
         return entry
 
     async def _find_tenant(self, name: str) -> TenantRow | None:

@@ -63,6 +63,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)  # SQLite: naive UTC
+
+
 def _engine(url: str, schema: str | None) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -138,11 +142,19 @@ class CreditStore:
             result = await conn.execute(query.order_by(credits.c.created_at))
             return [CreditRow(**r._mapping) for r in result]
 
-    async def grants(self, tenant_id: str) -> dict[str, Grant] | None:
-        """What the tenant's valid credits make of each resource; None when none."""
+    async def grants(self, tenant_id: str) -> tuple[dict[str, Grant] | None, float]:
+        """What the tenant's valid credits make of each resource (None when none), and
+        for how many seconds that holds: until the first of them expires (inf when none
+        does). A cache of the grants must not outlive that: an expired burst credit
+        would go on applying."""
         rows = await self.list_credits(tenant_id, active_only=True)
         if not rows:
-            return None
+            return None, float("inf")
+        now = _now()
+        holds = min(
+            ((_utc(r.expires_at) - now).total_seconds() for r in rows if r.expires_at),
+            default=float("inf"),
+        )
         found: dict[str, Grant] = {}
         for row in rows:  # oldest first: the newest override wins
             override, extra = found.get(row.resource, Grant(None, 0))
@@ -151,7 +163,7 @@ class CreditStore:
             else:
                 extra += row.amount
             found[row.resource] = Grant(override, extra)
-        return found
+        return found, max(0.0, holds)
 
 
 class Database(CreditStore, OAuthClientStore):

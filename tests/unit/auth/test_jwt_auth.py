@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+from sqlalchemy import update
 
 from quotagate.auth.jwt_auth import JwtAuthenticator, derived_id
 from quotagate.auth.jwt_verify import ClaimPaths, InvalidToken, JwtVerifier, TrustedIssuer
 from quotagate.db.repo import Database
+from quotagate.db.schema import credits
 from quotagate.errors import PermissionDenied
 
 SECRET = b"a-shared-secret-of-at-least-32-bytes!!"
@@ -110,3 +113,25 @@ async def test_the_cache_never_outlives_the_tokens_exp(db: Database) -> None:
     clock.now += 2.01  # within the 5 s TTL, past the token's exp
     await auth.authenticate(short, PLANS)
     assert auth.verifier.calls == 2  # type: ignore[attr-defined]
+
+
+async def test_a_tenants_credits_count_until_the_first_expires_not_a_ttl_later(
+    db: Database,
+) -> None:
+    """The tenant and verified-token caches live no longer than the first of the
+    tenant's credits: an expired burst credit stops counting when it expires."""
+    row = await db.create_tenant("acme", "pro")
+    soon = datetime.now(UTC) + timedelta(seconds=3)
+    burst = await db.add_credit(row.id, "burst", "tokens", 5000, expires_at=soon)
+    clock = Clock()
+    auth = authenticator(db, clock)  # TTL 5 s
+    issued = token(plan="pro")
+    principal = await auth.authenticate(issued, PLANS)
+    assert principal.grants is not None and principal.grants["tokens"].extra == 5000
+    async with db.engine.begin() as conn:  # the burst expires, as the database sees it
+        await conn.execute(
+            update(credits).where(credits.c.id == burst.id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )  # fmt: skip
+    clock.now += 3.5  # past the burst's expiry, inside the 5 s TTL
+    assert (await auth.authenticate(issued, PLANS)).grants is None

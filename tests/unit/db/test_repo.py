@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from quotagate.auth.api_keys import KeyAuthenticator
 from quotagate.db.repo import Database, DatabaseError
+from quotagate.db.schema import credits
 from quotagate.errors import AuthenticationFailed
 
 SECRET = b"test-secret"
@@ -65,6 +67,35 @@ async def test_authenticator_caches_then_sees_revocation_after_ttl(db: Database)
         await auth.authenticate(plaintext)
     with pytest.raises(DatabaseError, match="no active key"):
         await db.revoke_key(key_id)
+
+
+async def test_a_cached_key_is_reloaded_when_its_tenants_first_credit_expires(
+    db: Database,
+) -> None:
+    """A burst credit stops counting when it expires, not up to key_cache_ttl later:
+    the key's cache entry lives no longer than the first of its tenant's credits."""
+    tenant = await db.create_tenant("acme", "pro")
+    _, plaintext = await db.create_key("acme", SECRET)
+    await db.add_credit(tenant.id, "topup", "tokens", 100)
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    burst = await db.add_credit(tenant.id, "burst", "tokens", 5000, expires_at=soon)
+    clock = Clock()
+    auth = KeyAuthenticator(db, SECRET, ttl=3600.0, clock=clock)
+    grants = (await auth.authenticate(plaintext)).grants
+    assert grants is not None and grants["tokens"].extra == 5100
+
+    # The burst expires (moved into the past, as the database's clock will see it).
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            update(credits).where(credits.c.id == burst.id)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )  # fmt: skip
+    clock.now += 29
+    grants = (await auth.authenticate(plaintext)).grants
+    assert grants is not None and grants["tokens"].extra == 5100, "cached until then"
+    clock.now += 2  # past the burst's expiry, far inside the hour's TTL
+    grants = (await auth.authenticate(plaintext)).grants
+    assert grants is not None and grants["tokens"].extra == 100
 
 
 async def test_wrong_secret_part_with_a_real_key_id_is_refused(db: Database) -> None:
