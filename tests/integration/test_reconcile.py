@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -84,3 +85,28 @@ def test_counters_match_the_ledger_until_one_is_changed_behind_its_back(
     assert status == 1
     by_unit = {d["unit"]: d for d in drifts}
     assert by_unit["tokens"]["drift"] == 7 and by_unit["micros"]["drift"] == 0
+
+
+def test_in_flight_reservations_count_in_the_period_they_were_admitted_in(
+    gateway: Gateway,
+) -> None:
+    """Just after midnight, a request admitted yesterday and still running holds
+    yesterday's counter: it is not subtracted from today's (which would show as drift)."""
+    gateway.tenant_key("night-owl", "metered")
+    with closing(sqlite3.connect(gateway.tmp / "qg.db", timeout=5)) as db:
+        (tenant_id,) = db.execute("SELECT id FROM qg_tenants WHERE name = 'night-owl'").fetchone()
+    store = redis.Redis.from_url(REDIS_URL)
+    reservations = f"{gateway.doc['store']['prefix']}rs:{{t:{tenant_id}}}"
+    now = time.time()
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday = midnight.timestamp() - 60  # a minute before today's period (UTC tenant)
+    month = midnight.replace(day=1).timestamp()  # the budget's period
+    for name, at, tokens in (("yesterday", yesterday, 700), ("today", now, 40)):
+        member = json.dumps({"id": name, "at": at, "tenant": tenant_id, "model": "gpt-3.5-turbo",
+                             "tokens": tokens, "micros": tokens * 10})  # fmt: skip
+        store.zadd(reservations, {member: (now + 600) * 1e6})
+    _, drifts = reconcile(gateway)
+    mine = {d["unit"]: d for d in drifts if d["tenant"] == "night-owl"}
+    assert mine["tokens"]["in_flight"] == 40  # the daily token quota: today's only
+    # The monthly budget: both, unless today is the 1st (then yesterday was last month).
+    assert mine["micros"]["in_flight"] == 400 + (7000 if yesterday >= month else 0)

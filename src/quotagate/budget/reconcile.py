@@ -2,9 +2,11 @@
 
 For each tenant-scoped quota and budget of a tenant, in the tenant's current period:
 the counter in the store should equal what the ledger says was charged (settled usage,
-plus the reserved amount of unsettled rows) plus what requests in flight hold reserved.
-The difference is the drift: a store that lost writes, a ledger that lost rows, or
-requests recorded after the period rolled over.
+plus the reserved amount of unsettled rows) plus what requests in flight hold reserved (those admitted in this period: one
+admitted before midnight holds yesterday's counter, not today's). The difference is
+the drift: a store that lost writes, a ledger that lost rows, or requests recorded
+after the period rolled over. A plan that reserves nothing (request quotas only)
+leaves no record of its requests in flight: run it when the tenant is idle.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ async def reconcile_tenant(
             if limit.unit == "requests"
             else int(r["micros" if limit.unit == "micros" else "tokens"])
             for r in held
-            if limit.model in (None, r["model"])
+            if limit.model in (None, r["model"]) and float(r.get("at", now)) >= start
         )
         charged = await _ledger_total(engine, tenant.id, limit, start)
         began = datetime.fromtimestamp(start, UTC).isoformat()
