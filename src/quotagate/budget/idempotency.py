@@ -11,9 +11,10 @@ caller cannot replay another's answers, and a replay is served only once the pla
 still allows the model (the stage runs after ``authorize``).
 
 The claim names its request, and the first request keeps or frees the key only while
-its own claim is still there (a compare-and-set in the store): a claim outlives
-``accounting.reservation_ttl`` at most, and a request slower than that has lost the key
-to any retry that came after; its end then leaves the retry's claim (or answer) alone.
+no other request holds it (a compare-and-set in the store): a claim lasts
+``accounting.reservation_ttl``, and a request slower than that has lost the key to any
+retry that came after; its end then leaves the retry's claim (or answer) alone. If no
+retry came, its answer is still kept.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Idempotency:
         # another model on the same body.
         fingerprint = hashlib.sha256(ctx.model.encode() + b"\0" + ctx.body).digest()[:16]
         ttl = self._policy.snapshot.policy.accounting.reservation_ttl
-        claim = _PENDING + fingerprint + ctx.request_id.encode()
+        # The gateway's own id: a client's X-Request-Id may repeat across its retries.
+        claim = _PENDING + fingerprint + ctx.record_id.encode()
         try:
             found = await self._engine.put_if_absent(key, claim, ttl)
         except StoreUnavailable:
@@ -97,8 +99,8 @@ class Idempotency:
         if not ours:
             IDEMPOTENCY_LOST.inc()
             log.warning(
-                "request %s outlived its Idempotency-Key claim (accounting.reservation_ttl): "
-                "another request holds the key now, left as it is", ctx.request_id,
+                "request %s outlived its Idempotency-Key claim (accounting.reservation_ttl) "
+                "and another request took the key: left to it", ctx.request_id,
             )  # fmt: skip
 
 

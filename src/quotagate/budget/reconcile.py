@@ -2,11 +2,12 @@
 
 For each tenant-scoped quota and budget of a tenant, in the tenant's current period:
 the counter in the store should equal what the ledger says was charged (settled usage,
-plus the reserved amount of unsettled rows) plus what requests in flight hold reserved (those admitted in this period: one
-admitted before midnight holds yesterday's counter, not today's). The difference is
-the drift: a store that lost writes, a ledger that lost rows, or requests recorded
-after the period rolled over. A plan that reserves nothing (request quotas only)
-leaves no record of its requests in flight: run it when the tenant is idle.
+plus the reserved amount of unsettled rows) plus what requests in flight hold reserved
+(those admitted in this period: one admitted before midnight holds yesterday's counter,
+not today's). The difference is the drift: a store that lost writes, a ledger that
+lost rows, or requests recorded after the period rolled over. A plan that reserves
+nothing (request quotas only) leaves no record of its requests in flight: reconcile
+such a tenant when it is idle.
 """
 
 from __future__ import annotations

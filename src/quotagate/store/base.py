@@ -136,8 +136,8 @@ class LimitStore(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
-        """Replace ``key`` by ``value`` (delete it when None) only while it holds
-        ``expected``; False when it held anything else or nothing."""
+        """Replace ``key`` by ``value`` (delete it when None) unless it holds a value
+        other than ``expected`` (then False); a missing or expired key is replaced."""
         ...
 
     async def start(self) -> None:

@@ -228,7 +228,8 @@ class MemoryStore:
         self._values.pop(key, None)
 
     async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
-        if await self.get(key) != expected:
+        held = await self.get(key)
+        if held is not None and held != expected:
             return False
         if value is None:
             await self.delete(key)

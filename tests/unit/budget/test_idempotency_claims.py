@@ -35,9 +35,15 @@ def policy() -> Any:
     return SimpleNamespace(snapshot=SimpleNamespace(policy=SimpleNamespace(accounting=accounting)))
 
 
+_RECORDS = iter(range(1_000_000))
+
+
 def request(request_id: str) -> RequestContext:
+    """A request with this X-Request-Id (a client's, which its retries may repeat) and
+    the gateway's own record id (always new), as app.py sets them."""
     ctx = RequestContext({"type": "http", "headers": []}, None, None, None)
     ctx.request_id = request_id
+    ctx.record_id = f"req_{next(_RECORDS)}"
     ctx.idempotency_key = b"order-17"
     ctx.principal = Principal("acme", "acme", "k1", "k1", "pro")
     ctx.model = "gpt-4"
@@ -135,3 +141,42 @@ async def test_the_owner_keeps_its_answer_and_frees_its_claim_on_failure(
     await stage(retry)  # claimed, not 409
     assert retry.idempotency_store is not None
     assert IDEMPOTENCY_LOST._value.get() == lost
+
+
+async def test_a_retry_that_repeats_the_clients_request_id_is_still_another_owner(
+    stage: Idempotency, clock: Clock
+) -> None:
+    """Clients may resend their X-Request-Id on a retry; the claim names the gateway's
+    own id, so the stale first request still cannot free the retry's claim."""
+    first = request("client-id-1")
+    await stage(first)
+    clock.now += TTL + 1
+    await stage(request("client-id-1"))  # the retry, same X-Request-Id, in flight
+    first.status = 502
+    await stage.finish(first)
+    with pytest.raises(Conflict):
+        await stage(request("client-id-2"))
+
+
+async def test_a_claim_that_lapsed_with_no_retry_still_keeps_its_answer(
+    stage: Idempotency, clock: Clock
+) -> None:
+    """Nobody else took the key: the slow first request's answer is kept for replays,
+    and nothing is counted as lost."""
+    first = request("slow")
+    await stage(first)
+    clock.now += TTL + 1
+    answered(first, b'{"answer": "slow"}')
+    lost = IDEMPOTENCY_LOST._value.get()
+    await stage.finish(first)
+    assert IDEMPOTENCY_LOST._value.get() == lost
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    retry = request("retry")
+    retry.send = send
+    with pytest.raises(Answered):
+        await stage(retry)
+    assert sent[-1]["body"] == b'{"answer": "slow"}'

@@ -1,7 +1,9 @@
 -- Compare and set: KEYS[1] is replaced by ARGV[2] (with a time to live of ARGV[3] ms),
--- or deleted when ARGV[2] is empty, only while it still holds ARGV[1]. Answers 1 when
--- it did, 0 when the key held something else or nothing (another owner took it).
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+-- or deleted when ARGV[2] is empty, unless it holds something other than ARGV[1] (an
+-- expired key is replaced too: nobody else holds it). Answers 1 when it did, 0 when
+-- another value held the key (another owner took it).
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then
   return 0
 end
 if ARGV[2] == '' then
