@@ -21,6 +21,8 @@ COMMANDS: list[tuple[Any, ...]] = [
     ("SCRIPT LOAD", "return 1"),  # a command name of two words
     (b"CLIENT SETNAME", "quotagate"),
     ("GET", "clé-ünïcode"),
+    ("SET", bytearray(b"k"), memoryview(b"v")),  # redis-py takes these too
+    ("CONFIG\tGET", "maxmemory"),  # any whitespace splits a command name
     ("PING",),
 ]
 
@@ -49,3 +51,9 @@ async def test_the_store_connects_with_the_packing_subclass_of_the_urls_class() 
         assert issubclass(pool.connection_class, base)
         assert pool.connection_class is hiredis_packed(base)
         await client.aclose()
+
+
+async def test_a_url_with_another_encoding_keeps_redis_pys_packer() -> None:
+    client = connect("redis://127.0.0.1:1/0?encoding=latin-1", 1.0)
+    assert client.connection_pool.connection_class is Connection  # type: ignore[union-attr]
+    await client.aclose()

@@ -46,6 +46,7 @@ from quotagate.store.base import (
 _US = 1_000_000
 _POOL_SIZE = 64  # connections per gateway process (per node in a Cluster)
 _BATCH = 128  # settlements at most in one script call
+_FAILED = -2  # adjust.lua's answer for a group whose commands failed (e.g. WRONGTYPE)
 
 
 def _script(name: str) -> str:
@@ -105,7 +106,9 @@ def connect(url: str, timeout: float) -> Redis | RedisCluster:
     # in flight, so the pool never runs dry (measured: a BlockingConnectionPool's
     # condition variable cost ~15 µs CPU per command, a quarter of redis-py's total).
     pool = ConnectionPool.from_url(url, max_connections=_POOL_SIZE + 8, **common)
-    pool.connection_class = hiredis_packed(pool.connection_class)  # TCP, TLS or a socket
+    if str(pool.connection_kwargs.get("encoding", "utf-8")).lower() in ("utf-8", "utf8"):
+        # hiredis writes str as UTF-8 only; a URL's ?encoding=… keeps redis-py's packer
+        pool.connection_class = hiredis_packed(pool.connection_class)  # TCP, TLS, a socket
     return Redis(connection_pool=pool)
 
 
@@ -117,17 +120,22 @@ class _HiredisPacking:
     (tests/unit/test_redis_packing.py)."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        first = args[0]
         # "SCRIPT LOAD" and the like: the words of a command name are separate arguments.
-        if isinstance(first, str):
-            if " " in first:
-                args = (*first.split(), *args[1:])
-        elif b" " in first:
-            args = (*first.split(), *args[1:])
+        words = args[0].split()
+        if len(words) > 1:
+            args = (*words, *args[1:])
         try:
             return [hiredis.pack_command(args)]
-        except TypeError as exc:  # an argument redis-py would refuse too
+        except TypeError:  # hiredis takes str, bytes, int and float; redis-py more
+            pass
+        try:
+            return [hiredis.pack_command(tuple(_plain(a) for a in args))]
+        except TypeError as exc:  # an argument redis-py refuses too (None, a bool...)
             raise DataError(str(exc)) from exc
+
+
+def _plain(arg: Any) -> Any:
+    return bytes(arg) if isinstance(arg, bytearray | memoryview) else arg
 
 
 _PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
@@ -140,6 +148,14 @@ def hiredis_packed(connection_class: type[AbstractConnection]) -> type[AbstractC
         name = f"Packed{connection_class.__name__}"
         packed = _PACKED[connection_class] = type(name, (_HiredisPacking, connection_class), {})
     return packed
+
+
+def _fail(
+    waiting: Sequence[tuple[list[str], list[Any], asyncio.Future[int]]], exc: Exception
+) -> None:
+    for _, _, answer in waiting:
+        if not answer.done():
+            answer.set_exception(exc)
 
 
 def _args(check: Check) -> tuple[str | int | float, ...]:
@@ -267,7 +283,8 @@ class RedisStore:
             keys = [self.prefix + checks[i].key for i in group]
             args: list[Any] = [len(group), "" if at_us is None else at_us]
             args += [a for i in group for a in _adjust_args(checks[i], deltas[i])]
-            await self._call(self._adjust, keys, args)
+            if _FAILED in await self._call(self._adjust, keys, args):
+                raise StoreUnavailable("redis: adjust.lua failed on a counter")
 
     async def settle(
         self, reservation: ReservationCheck, checks: Sequence[Adjustable], deltas: Sequence[int]
@@ -282,6 +299,8 @@ class RedisStore:
             admitted_at = (await self._settle_group(keys, args))[0]
         else:
             admitted_at = await self._settle_batched(keys, args)
+        if admitted_at == _FAILED:  # its own group failed; the others in its call did not
+            raise StoreUnavailable("redis: adjust.lua failed on this settlement")
         settled = admitted_at != -1
         rest = [i for i in range(len(checks)) if i not in own]
         if settled and rest:  # other slots (global scopes in a Cluster): a second call,
@@ -298,15 +317,19 @@ class RedisStore:
         call is in flight per process: what arrives meanwhile waits and goes in the next
         one, so under load one call carries many and when idle none waits longer than a
         round trip. Each group is decided on its own by adjust.lua (a reaped
-        reservation fails its group only); a failed call fails every settlement in it.
+        reservation, or a counter of the wrong type, fails its own group only); a call
+        that fails (Redis down) fails every settlement in it. A settlement whose caller
+        gave up (the engine's deadline) is still sent: it is applied, or reaped.
         """
         answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.append((keys, args, answer))
-        if self._sender is None:
+        if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_settlements())
+            self._sender.add_done_callback(self._sender_ended)
         return await answer
 
     async def _send_settlements(self) -> None:
+        batch: list[tuple[list[str], list[Any], asyncio.Future[int]]] = []
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:_BATCH], self._waiting[_BATCH:]
@@ -315,15 +338,21 @@ class RedisStore:
                 try:
                     answers = await self._settle_group(keys, args)
                 except StoreUnavailable as exc:
-                    for _, _, answer in batch:
-                        if not answer.done():
-                            answer.set_exception(exc)
+                    _fail(batch, exc)
                     continue
                 for (_, _, answer), admitted_at in zip(batch, answers, strict=True):
                     if not answer.done():  # its caller may have given up (its deadline)
                         answer.set_result(admitted_at)
-        finally:
-            self._sender = None
+                batch = []
+        except BaseException:  # cancelled (or a bug): nobody may wait on the batch for ever
+            _fail(batch, StoreUnavailable("redis: the settlement sender stopped"))
+            raise
+
+    def _sender_ended(self, sender: asyncio.Task[None]) -> None:
+        """A sender that ended abnormally (even before it ran) answers those waiting."""
+        if sender.cancelled() or sender.exception() is not None:
+            _fail(self._waiting, StoreUnavailable("redis: the settlement sender stopped"))
+            self._waiting = []
 
     async def _settle_group(self, keys: list[str], args: list[Any]) -> list[int]:
         self.settle_calls += 1
@@ -363,10 +392,10 @@ class RedisStore:
             groups.setdefault(key_slot((self.prefix + check.key).encode()), []).append(index)
         return list(groups.values())
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> None:
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             async with self._slots:
-                await script(keys=keys, args=args)
+                return await script(keys=keys, args=args)
         except Exception as exc:  # redis-py raises more than RedisError on broken links
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
@@ -418,4 +447,7 @@ class RedisStore:
             return False
 
     async def close(self) -> None:
+        """After the settlements already queued are sent (at most a few seconds)."""
+        if self._sender is not None and not self._sender.done():
+            await asyncio.wait({self._sender}, timeout=5.0)
         await self.client.aclose()

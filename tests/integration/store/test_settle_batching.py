@@ -1,6 +1,8 @@
 """Settlements on one Redis server go together: those that arrive while a settlement
 call is in flight share the next script call (store/redis.py ``settle``), and each is
-still decided on its own (store/lua/adjust.lua, one group per settlement)."""
+still decided on its own (store/lua/adjust.lua, one group per settlement): a reaped
+reservation or a broken counter fails its own settlement only; a sender that stops
+answers everyone waiting; closing the store sends what is queued first."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import time
 
 import pytest
 
-from harness import free_port, redis_prefix
+from harness import SHARED_REDIS, free_port, redis_prefix
 from quotagate.store.base import CounterCheck, LimitStore, ReservationCheck, StoreUnavailable
 from quotagate.store.redis import RedisStore
 
@@ -68,3 +70,74 @@ async def test_a_failed_call_fails_each_settlement_in_it_and_the_next_is_tried()
         assert store.settle_calls == calls + 1
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_a_broken_counter_fails_its_own_settlement_only(store: LimitStore) -> None:
+    """The middle request's counter was overwritten with a string (WRONGTYPE for HMGET):
+    its settlement raises StoreUnavailable (its reservation is reaped later); the two
+    sharing its call are settled."""
+    assert isinstance(store, RedisStore)
+    tenants = ["w1", "w2", "w3"]
+    broken = day("w2", 0).key
+    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
+    for t, r in zip(tenants, reservations, strict=True):
+        assert (await store.acquire([day(t, 100), r])).allowed
+    await store.client.set(store.prefix + broken, "not a counter")
+    calls = store.settle_calls
+    results = await asyncio.gather(
+        *(
+            store.settle(r, [day(t, 100)], [-70])
+            for t, r in zip(tenants, reservations, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    assert store.settle_calls - calls == 1
+    assert results[0] is True and results[2] is True
+    assert isinstance(results[1], StoreUnavailable)
+    assert [await used(store, day(t, 0)) for t in ("w1", "w3")] == [30, 30]
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_a_cancelled_sender_answers_everyone_waiting_and_the_next_is_sent(
+    store: LimitStore,
+) -> None:
+    assert isinstance(store, RedisStore)
+    tenants = ["c1", "c2", "c3"]
+    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
+    for t, r in zip(tenants, reservations, strict=True):
+        assert (await store.acquire([day(t, 100), r])).allowed
+    waiting = [
+        asyncio.create_task(store.settle(r, [day(t, 100)], [-70]))
+        for t, r in zip(tenants, reservations, strict=True)
+    ]
+    await asyncio.sleep(0)  # one turn: all three queued, the sender created, not yet run
+    assert store._sender is not None
+    store._sender.cancel()
+    # Bounded: a regression hangs here, and would fail rather than stall the suite.
+    results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 10)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    # Nothing was sent: the reservations are still there, and a later settlement goes.
+    assert await store.settle(reservations[0], [day("c1", 100)], [-70])
+    assert await used(store, day("c1", 0)) == 30
+    assert await used(store, day("c2", 0)) == 100
+
+
+async def test_closing_the_store_sends_the_settlements_already_queued() -> None:
+    store = RedisStore(SHARED_REDIS, prefix=redis_prefix(), timeout=2.0)
+    tenants = ["q1", "q2"]
+    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
+    for t, r in zip(tenants, reservations, strict=True):
+        assert (await store.acquire([day(t, 100), r])).allowed
+    queued = [
+        asyncio.create_task(store.settle(r, [day(t, 100)], [-70]))
+        for t, r in zip(tenants, reservations, strict=True)
+    ]
+    await asyncio.sleep(0)  # queued, not sent
+    await store.close()
+    assert [q.result() for q in queued] == [True, True]
+    reader = RedisStore(SHARED_REDIS, prefix=store.prefix, timeout=2.0)
+    try:
+        assert [await used(reader, day(t, 0)) for t in tenants] == [30, 30]
+    finally:
+        await reader.close()

@@ -14,14 +14,13 @@
 -- adjusts whatever window is stored.
 -- A positive delta charges more, a negative one refunds; a refund never creates credit
 -- beyond a full bucket or below zero. Used to compensate a cross-slot admission that a
--- later check denied, and by reserve-then-settle. Answers one integer per group.
+-- later check denied, and by reserve-then-settle. Answers one integer per group; -2
+-- for a group one of whose commands failed (a key of the wrong type): the groups of
+-- other requests in the same call are not held back by it.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local answers = {}
-local k, a = 0, 1  -- KEYS before this group, the group's first ARGV
-while a <= #ARGV do
-  local n = tonumber(ARGV[a])
-  local at = tonumber(ARGV[a + 1]) or now
+
+local function group(k, a, n, at)  -- KEYS before the group, its first ARGV, its size
   local answer = 0
   for i = k + 1, k + n do
     local j = a + 2 + (i - k - 1) * 3
@@ -64,7 +63,15 @@ while a <= #ARGV do
       end
     end
   end
-  answers[#answers + 1] = answer
+  return answer
+end
+
+local answers = {}
+local k, a = 0, 1
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  local ok, answer = pcall(group, k, a, n, tonumber(ARGV[a + 1]) or now)
+  answers[#answers + 1] = ok and answer or -2
   k, a = k + n, a + 2 + n * 3
 end
 return answers
