@@ -212,8 +212,8 @@ class LimitEngine:
     ) -> bool:
         """Replace a request's reservation by what it used. False when a reaper took the
         reservation first (it is in the ledger as unsettled) or the store cannot answer
-        in time (then the reservation stays charged until the settlement, still queued
-        or in flight, lands late, or a reaper takes it: never silently forgiven)."""
+        in time (then the reservation stays charged until a settlement already in
+        flight lands late, or a reaper takes it: never silently forgiven)."""
         if self._memory is not None:
             return self._memory.settle_now(reservation, checks, deltas)
         started = time.perf_counter()

@@ -319,7 +319,9 @@ class RedisStore:
         round trip. Each group is decided on its own by adjust.lua (a reaped
         reservation, or a counter of the wrong type, fails its own group only); a call
         that fails (Redis down) fails every settlement in it. A settlement whose caller
-        gave up (the engine's deadline) is still sent: it is applied, or reaped.
+        gave up (the engine's deadline) before it was sent is dropped, as one never
+        sent: its reservation is reaped. So a frozen Redis, each call waiting out the
+        socket timeout, holds no more than a deadline's worth of settlements here.
         """
         answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.append((keys, args, answer))
@@ -332,7 +334,10 @@ class RedisStore:
         batch: list[tuple[list[str], list[Any], asyncio.Future[int]]] = []
         try:
             while self._waiting:
-                batch, self._waiting = self._waiting[:_BATCH], self._waiting[_BATCH:]
+                live = [w for w in self._waiting if not w[2].done()]  # callers still there
+                batch, self._waiting = live[:_BATCH], live[_BATCH:]
+                if not batch:
+                    break
                 keys = [k for group in batch for k in group[0]]
                 args = [a for group in batch for a in group[1]]
                 try:

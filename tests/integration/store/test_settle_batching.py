@@ -141,3 +141,23 @@ async def test_closing_the_store_sends_the_settlements_already_queued() -> None:
         assert [await used(reader, day(t, 0)) for t in tenants] == [30, 30]
     finally:
         await reader.close()
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_a_settlement_whose_caller_gave_up_before_it_was_sent_is_dropped(
+    store: LimitStore,
+) -> None:
+    """Its caller's deadline passed while it waited (Redis slow): it is not sent later,
+    so a frozen Redis cannot pile up settlements; its reservation stays, to be reaped."""
+    assert isinstance(store, RedisStore)
+    tenants = ["g1", "g2"]
+    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
+    for t, r in zip(tenants, reservations, strict=True):
+        assert (await store.acquire([day(t, 100), r])).allowed
+    gone = asyncio.create_task(store.settle(reservations[0], [day("g1", 100)], [-70]))
+    kept = asyncio.create_task(store.settle(reservations[1], [day("g2", 100)], [-70]))
+    await asyncio.sleep(0)  # both queued, not sent
+    gone.cancel()  # as asyncio.timeout does at the engine's deadline
+    assert await asyncio.wait_for(kept, 10)
+    assert gone.cancelled()
+    assert [await used(store, day(t, 0)) for t in tenants] == [100, 30]
