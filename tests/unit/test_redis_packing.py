@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from redis.asyncio import Connection, ConnectionPool
+from redis.asyncio import Connection, ConnectionPool, RedisCluster
 from redis.asyncio.connection import SSLConnection
 from redis.exceptions import DataError
 
@@ -56,4 +56,15 @@ async def test_the_store_connects_with_the_packing_subclass_of_the_urls_class() 
 async def test_a_url_with_another_encoding_keeps_redis_pys_packer() -> None:
     client = connect("redis://127.0.0.1:1/0?encoding=latin-1", 1.0)
     assert client.connection_pool.connection_class is Connection  # type: ignore[union-attr]
+    await client.aclose()
+
+
+async def test_a_cluster_client_packs_with_hiredis_on_its_startup_nodes() -> None:
+    """The nodes it discovers get the same class (tests/integration/store/
+    test_settle_batching.py checks them on a running Cluster)."""
+    client = connect("redis+cluster://127.0.0.1:1", 1.0)
+    assert isinstance(client, RedisCluster)
+    packed = hiredis_packed(Connection)
+    assert client.nodes_manager.connection_kwargs["connection_class"] is packed
+    assert [n.connection_class for n in client.nodes_manager.startup_nodes.values()] == [packed]
     await client.aclose()

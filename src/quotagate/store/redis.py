@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import hiredis
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
@@ -89,12 +89,14 @@ def connect(url: str, timeout: float) -> Redis | RedisCluster:
     if parts.scheme == "redis+cluster":
         nodes = [ClusterNode(h, p) for h, p in hosts(parts.netloc)]
         # Maintenance notifications off: Redis 7.0 refuses that handshake anyway.
-        return RedisCluster(
+        cluster = RedisCluster(
             startup_nodes=nodes,
             max_connections=_POOL_SIZE * 2,
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
             **common,
         )
+        _pack_cluster_with_hiredis(cluster)
+        return cluster
     if parts.scheme == "redis+sentinel":
         sentinel = Sentinel(hosts(parts.netloc), **common)  # type: ignore[no-untyped-call]
         master: Redis = sentinel.master_for(
@@ -110,6 +112,23 @@ def connect(url: str, timeout: float) -> Redis | RedisCluster:
         # hiredis writes str as UTF-8 only; a URL's ?encoding=… keeps redis-py's packer
         pool.connection_class = hiredis_packed(pool.connection_class)  # TCP, TLS, a socket
     return Redis(connection_pool=pool)
+
+
+def _pack_cluster_with_hiredis(cluster: RedisCluster) -> None:
+    """The Cluster client takes no connection class: its nodes are made from the
+    nodes manager's connection kwargs (the startup nodes already, the discovered ones
+    on initialize). Set there; a redis-py without those attributes keeps its packer."""
+    manager = getattr(cluster, "nodes_manager", None)
+    kwargs = getattr(manager, "connection_kwargs", None)
+    nodes = getattr(manager, "startup_nodes", None)
+    if not isinstance(kwargs, dict) or not isinstance(nodes, dict):
+        return
+    if str(kwargs.get("encoding", "utf-8")).lower() not in ("utf-8", "utf8"):
+        return
+    packed = hiredis_packed(kwargs.get("connection_class", Connection))
+    kwargs["connection_class"] = packed
+    for node in nodes.values():
+        node.connection_class = packed
 
 
 class _HiredisPacking:

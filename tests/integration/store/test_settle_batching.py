@@ -10,10 +10,11 @@ import asyncio
 import time
 
 import pytest
+from redis.asyncio import Connection, RedisCluster
 
 from harness import SHARED_REDIS, free_port, redis_prefix
 from quotagate.store.base import CounterCheck, LimitStore, ReservationCheck, StoreUnavailable
-from quotagate.store.redis import RedisStore
+from quotagate.store.redis import RedisStore, hiredis_packed
 
 PROBE = 1 << 40  # a probe under this limit reads a counter without refusing
 START = time.time() - 60  # today, for these tests: a day that began a minute ago
@@ -161,3 +162,23 @@ async def test_a_settlement_whose_caller_gave_up_before_it_was_sent_is_dropped(
     assert await asyncio.wait_for(kept, 10)
     assert gone.cancelled()
     assert [await used(store, day(t, 0)) for t in tenants] == [100, 30]
+
+
+@pytest.mark.parametrize("store", ["cluster"], indirect=True)
+async def test_a_clusters_discovered_nodes_pack_with_hiredis(store: LimitStore) -> None:
+    """Settlements in a Cluster are one call each (a call touches one slot), and every
+    node the client found, not only the startup one, packs commands with hiredis."""
+    assert isinstance(store, RedisStore) and isinstance(store.client, RedisCluster)
+    tenants = ["k1", "k2", "k3"]
+    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
+    for t, r in zip(tenants, reservations, strict=True):
+        assert (await store.acquire([day(t, 100), r])).allowed
+    calls = store.settle_calls
+    results = await asyncio.gather(
+        *(store.settle(r, [day(t, 100)], [-70]) for t, r in zip(tenants, reservations, strict=True))
+    )
+    assert results == [True] * 3 and store.settle_calls - calls == 3
+    assert [await used(store, day(t, 0)) for t in tenants] == [30] * 3
+    nodes = store.client.get_nodes()
+    assert len(nodes) == 3
+    assert all(n.connection_class is hiredis_packed(Connection) for n in nodes)
