@@ -31,6 +31,24 @@ async def used(store: LimitStore, check: CounterCheck) -> int:
     return PROBE - admission.outcomes[0].remaining
 
 
+async def reserved(store: LimitStore, tenants: list[str]) -> list[ReservationCheck]:
+    """A request of each tenant, admitted with 100 tokens of its day reserved."""
+    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
+    for t, r in zip(tenants, reservations, strict=True):
+        assert (await store.acquire([day(t, 100), r])).allowed
+    return reservations
+
+
+def settling(
+    store: LimitStore, tenants: list[str], reservations: list[ReservationCheck]
+) -> list[asyncio.Task[bool]]:
+    """Their settlements (each used 30), started as tasks: queued once they run a step."""
+    return [
+        asyncio.create_task(store.settle(r, [day(t, 100)], [-70]))
+        for t, r in zip(tenants, reservations, strict=True)
+    ]
+
+
 @pytest.mark.parametrize("store", ["redis"], indirect=True)
 async def test_concurrent_settlements_share_a_call_and_each_is_decided_alone(
     store: LimitStore,
@@ -81,9 +99,7 @@ async def test_a_broken_counter_fails_its_own_settlement_only(store: LimitStore)
     assert isinstance(store, RedisStore)
     tenants = ["w1", "w2", "w3"]
     broken = day("w2", 0).key
-    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
-    for t, r in zip(tenants, reservations, strict=True):
-        assert (await store.acquire([day(t, 100), r])).allowed
+    reservations = await reserved(store, tenants)
     await store.client.set(store.prefix + broken, "not a counter")
     calls = store.settle_calls
     results = await asyncio.gather(
@@ -105,13 +121,8 @@ async def test_a_cancelled_sender_answers_everyone_waiting_and_the_next_is_sent(
 ) -> None:
     assert isinstance(store, RedisStore)
     tenants = ["c1", "c2", "c3"]
-    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
-    for t, r in zip(tenants, reservations, strict=True):
-        assert (await store.acquire([day(t, 100), r])).allowed
-    waiting = [
-        asyncio.create_task(store.settle(r, [day(t, 100)], [-70]))
-        for t, r in zip(tenants, reservations, strict=True)
-    ]
+    reservations = await reserved(store, tenants)
+    waiting = settling(store, tenants, reservations)
     await asyncio.sleep(0)  # one turn: all three queued, the sender created, not yet run
     assert store._sender is not None
     store._sender.cancel()
@@ -127,13 +138,8 @@ async def test_a_cancelled_sender_answers_everyone_waiting_and_the_next_is_sent(
 async def test_closing_the_store_sends_the_settlements_already_queued() -> None:
     store = RedisStore(SHARED_REDIS, prefix=redis_prefix(), timeout=2.0)
     tenants = ["q1", "q2"]
-    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
-    for t, r in zip(tenants, reservations, strict=True):
-        assert (await store.acquire([day(t, 100), r])).allowed
-    queued = [
-        asyncio.create_task(store.settle(r, [day(t, 100)], [-70]))
-        for t, r in zip(tenants, reservations, strict=True)
-    ]
+    reservations = await reserved(store, tenants)
+    queued = settling(store, tenants, reservations)
     await asyncio.sleep(0)  # queued, not sent
     await store.close()
     assert [q.result() for q in queued] == [True, True]
@@ -152,9 +158,7 @@ async def test_a_settlement_whose_caller_gave_up_before_it_was_sent_is_dropped(
     so a frozen Redis cannot pile up settlements; its reservation stays, to be reaped."""
     assert isinstance(store, RedisStore)
     tenants = ["g1", "g2"]
-    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
-    for t, r in zip(tenants, reservations, strict=True):
-        assert (await store.acquire([day(t, 100), r])).allowed
+    reservations = await reserved(store, tenants)
     gone = asyncio.create_task(store.settle(reservations[0], [day("g1", 100)], [-70]))
     kept = asyncio.create_task(store.settle(reservations[1], [day("g2", 100)], [-70]))
     await asyncio.sleep(0)  # both queued, not sent
@@ -170,9 +174,7 @@ async def test_a_clusters_discovered_nodes_pack_with_hiredis(store: LimitStore) 
     node the client found, not only the startup one, packs commands with hiredis."""
     assert isinstance(store, RedisStore) and isinstance(store.client, RedisCluster)
     tenants = ["k1", "k2", "k3"]
-    reservations = [ReservationCheck(f"rs:{{t:{t}}}", f"req-{t}", 60.0) for t in tenants]
-    for t, r in zip(tenants, reservations, strict=True):
-        assert (await store.acquire([day(t, 100), r])).allowed
+    reservations = await reserved(store, tenants)
     calls = store.settle_calls
     results = await asyncio.gather(
         *(store.settle(r, [day(t, 100)], [-70]) for t, r in zip(tenants, reservations, strict=True))

@@ -58,6 +58,22 @@ def answered(ctx: RequestContext, text: bytes) -> None:
     ctx.kept_body.append(text)
 
 
+async def replayed(stage: Idempotency, request_id: str) -> bytes:
+    """What a retry with the same key is answered: the kept answer (the stage replays it
+    and stops the request with Answered)."""
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    retry = request(request_id)
+    retry.send = send
+    with pytest.raises(Answered):
+        await stage(retry)
+    body: bytes = sent[-1]["body"]
+    return body
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -84,16 +100,7 @@ async def test_a_request_that_outlived_its_claim_leaves_the_retrys_answer(
     await stage.finish(first)  # must not overwrite the retry's answer
     assert IDEMPOTENCY_LOST._value.get() == lost + 1
 
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    third = request("third")
-    third.send = send
-    with pytest.raises(Answered):  # the replay went out
-        await stage(third)
-    assert sent[-1]["body"] == b'{"answer": "retry"}'
+    assert await replayed(stage, "third") == b'{"answer": "retry"}'
 
 
 async def test_a_failed_request_that_outlived_its_claim_does_not_free_the_retrys(
@@ -120,16 +127,7 @@ async def test_the_owner_keeps_its_answer_and_frees_its_claim_on_failure(
     answered(ok, b'{"answer": "ok"}')
     lost = IDEMPOTENCY_LOST._value.get()
     await stage.finish(ok)
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    third = request("third")
-    third.send = send
-    with pytest.raises(Answered):
-        await stage(third)
-    assert sent[-1]["body"] == b'{"answer": "ok"}'
+    assert await replayed(stage, "third") == b'{"answer": "ok"}'
 
     failed = request("failed")
     failed.idempotency_key = b"order-18"
@@ -170,13 +168,4 @@ async def test_a_claim_that_lapsed_with_no_retry_still_keeps_its_answer(
     lost = IDEMPOTENCY_LOST._value.get()
     await stage.finish(first)
     assert IDEMPOTENCY_LOST._value.get() == lost
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    retry = request("retry")
-    retry.send = send
-    with pytest.raises(Answered):
-        await stage(retry)
-    assert sent[-1]["body"] == b'{"answer": "slow"}'
+    assert await replayed(stage, "retry") == b'{"answer": "slow"}'
