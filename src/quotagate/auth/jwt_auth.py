@@ -116,12 +116,10 @@ class JwtAuthenticator:
         if cached is not None and cached.expires_at > self._clock():
             return cached.principal
         issuer, claims = await self.verifier.verify(token)
-        principal = await self._principal(issuer, claims, plans)
+        principal, tenant_until = await self._principal(issuer, claims, plans)
         lifetime = min(self.ttl, float(claims["exp"]) - self._wall_clock())
-        until = self._clock() + lifetime
-        tenant = self._tenants.get(principal.tenant_name)
-        if tenant is not None:  # its credits as loaded: not past the first one's expiry
-            until = min(until, tenant.expires_at)
+        # Not past the tenant entry's own end: its credits, as loaded, end no later.
+        until = min(self._clock() + lifetime, tenant_until)
         if len(self._verified) >= _MAX_TOKENS:
             self._verified.clear()
         self._verified[token] = _Verified(principal, until)
@@ -129,7 +127,9 @@ class JwtAuthenticator:
 
     async def _principal(
         self, issuer: TrustedIssuer, claims: dict[str, Any], plans: Collection[str]
-    ) -> Principal:
+    ) -> tuple[Principal, float]:
+        """The token's principal, and until when (this clock) its tenant's row and
+        credits, as loaded, hold."""
         paths = issuer.claims
         tenant_name = _text(claim_at(claims, paths.tenant), f"tenant ({paths.tenant!r})")
         subject = _text(claims.get("sub") or claim_at(claims, paths.user), "sub")
@@ -139,7 +139,7 @@ class JwtAuthenticator:
         if tenant.row is not None and tenant.row.status != "active":
             raise InvalidToken("The token's tenant is suspended.")
         user = claim_at(claims, paths.user)
-        return Principal(
+        principal = Principal(
             tenant.row.id if tenant.row else derived_id(issuer.issuer, tenant_name),
             tenant_name,
             subject if issuer.builtin else derived_id(issuer.issuer, subject),
@@ -149,6 +149,7 @@ class JwtAuthenticator:
             tenant.grants,
             scopes_of(claim_at(claims, paths.scopes)) if paths.scopes else (),
         )
+        return principal, tenant.expires_at
 
     async def _check_client(self, client_id: str, tenant: _Tenant) -> None:
         """A built-in token's client must still exist, unrevoked: revoking a client

@@ -12,6 +12,7 @@ redis-py's exceptions enter here and leave as ``StoreUnavailable``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
@@ -43,6 +44,7 @@ from quotagate.store.base import (
     WindowCheck,
 )
 
+log = logging.getLogger(__name__)
 _US = 1_000_000
 _POOL_SIZE = 64  # connections per gateway process (per node in a Cluster)
 _BATCH = 128  # settlements at most in one script call
@@ -334,9 +336,10 @@ class RedisStore:
         Settlements come after the response, one per metered request; each its own
         script call was a second round trip per request. Here at most one settlement
         call is in flight per process: what arrives meanwhile waits and goes in the next
-        one, so under load one call carries many and when idle none waits longer than a
-        round trip. Each group is decided on its own by adjust.lua (a reaped
-        reservation, or a counter of the wrong type, fails its own group only); a call
+        one, so under load one call carries many and when idle none waits longer than
+        about two round trips (the call in flight, then its own). Each group is decided
+        on its own by adjust.lua (a reaped reservation, or a counter of the wrong type,
+        fails its own group only, which it leaves untouched); a call
         that fails (Redis down) fails every settlement in it. A settlement whose caller
         gave up (the engine's deadline) before it was sent is dropped, as one never
         sent: its reservation is reaped. So a frozen Redis, each call waiting out the
@@ -373,10 +376,16 @@ class RedisStore:
             raise
 
     def _sender_ended(self, sender: asyncio.Task[None]) -> None:
-        """A sender that ended abnormally (even before it ran) answers those waiting."""
-        if sender.cancelled() or sender.exception() is not None:
-            _fail(self._waiting, StoreUnavailable("redis: the settlement sender stopped"))
-            self._waiting = []
+        """A sender that ended abnormally (even before it ran) answers those waiting,
+        unless a new sender has taken over (this callback runs a turn after its end)."""
+        if not sender.cancelled() and (exc := sender.exception()) is not None:
+            log.error("redis: the settlement sender failed", exc_info=exc)
+        elif not sender.cancelled():
+            return
+        if sender is not self._sender:
+            return
+        _fail(self._waiting, StoreUnavailable("redis: the settlement sender stopped"))
+        self._waiting = []
 
     async def _settle_group(self, keys: list[str], args: list[Any]) -> list[int]:
         self.settle_calls += 1

@@ -94,8 +94,8 @@ async def test_a_failed_call_fails_each_settlement_in_it_and_the_next_is_tried()
 @pytest.mark.parametrize("store", ["redis"], indirect=True)
 async def test_a_broken_counter_fails_its_own_settlement_only(store: LimitStore) -> None:
     """The middle request's counter was overwritten with a string (WRONGTYPE for HMGET):
-    its settlement raises StoreUnavailable (its reservation is reaped later); the two
-    sharing its call are settled."""
+    its settlement raises StoreUnavailable and its group is left untouched (the
+    reservation stays, for a reaper); the two sharing its call are settled."""
     assert isinstance(store, RedisStore)
     tenants = ["w1", "w2", "w3"]
     broken = day("w2", 0).key
@@ -113,6 +113,9 @@ async def test_a_broken_counter_fails_its_own_settlement_only(store: LimitStore)
     assert results[0] is True and results[2] is True
     assert isinstance(results[1], StoreUnavailable)
     assert [await used(store, day(t, 0)) for t in ("w1", "w3")] == [30, 30]
+    # Its group was left untouched (reads before writes): the reservation is there for
+    # a reaper, not removed with its counters unrefunded.
+    assert await store.client.zscore(store.prefix + "rs:{t:w2}", "req-w2") is not None
 
 
 @pytest.mark.parametrize("store", ["redis"], indirect=True)
@@ -184,3 +187,39 @@ async def test_a_clusters_discovered_nodes_pack_with_hiredis(store: LimitStore) 
     nodes = store.client.get_nodes()
     assert len(nodes) == 3
     assert all(n.connection_class is hiredis_packed(Connection) for n in nodes)
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_a_stopped_senders_late_callback_leaves_its_successor_alone(
+    store: LimitStore,
+) -> None:
+    """A settlement that arrives between a sender's cancellation and its done-callback
+    starts a new sender; the old callback must not fail what the new one now owns."""
+    assert isinstance(store, RedisStore)
+    first, second = await reserved(store, ["l1", "l2"])
+    a = asyncio.create_task(store.settle(first, [day("l1", 100)], [-70]))
+    await asyncio.sleep(0)  # queued; its sender created, not yet run
+    assert store._sender is not None
+    store._sender.cancel()
+    b = asyncio.create_task(store.settle(second, [day("l2", 100)], [-70]))
+    results = await asyncio.wait_for(asyncio.gather(a, b, return_exceptions=True), 10)
+    assert results == [True, True]
+    assert [await used(store, day(t, 0)) for t in ("l1", "l2")] == [30, 30]
+
+
+@pytest.mark.parametrize("store", ["redis"], indirect=True)
+async def test_a_sender_that_fails_unexpectedly_says_so_and_answers_its_batch(
+    store: LimitStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert isinstance(store, RedisStore)
+    [reservation] = await reserved(store, ["x1"])
+
+    async def broken(keys: list[str], args: list[object]) -> list[int]:
+        raise RuntimeError("a bug in the sender")
+
+    monkeypatch.setattr(store, "_settle_group", broken)
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.settle(reservation, [day("x1", 100)], [-70]), 10)
+    await asyncio.sleep(0)  # the sender's done-callback runs a turn after its end
+    assert "the settlement sender failed" in caplog.text
+    assert "a bug in the sender" in caplog.text

@@ -20,23 +20,22 @@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
+-- A group reads every key first and writes only once all reads succeeded: a failing
+-- read (WRONGTYPE) leaves its group untouched, the reservation there to be reaped.
 local function group(k, a, n, at)  -- KEYS before the group, its first ARGV, its size
-  local answer = 0
+  local answer, reservation, writes = 0, nil, {}
   for i = k + 1, k + n do
     local j = a + 2 + (i - k - 1) * 3
     local kind, spec = ARGV[j], ARGV[j + 1]
     local interval, delta = tonumber(spec), tonumber(ARGV[j + 2])
-    if answer == -1 then
-      -- the reservation was gone: the rest of its group stays as it is
-    elseif kind == 'r' then
+    if kind == 'r' then  -- first in its group
       local score = redis.call('ZSCORE', KEYS[i], ARGV[j + 2])
-      if score then
-        redis.call('ZREM', KEYS[i], ARGV[j + 2])
-        at = tonumber(score) - interval
-        answer = at
-      else
-        answer = -1
+      if not score then
+        return -1  -- the reservation was gone: its group stays as it is
       end
+      reservation = i
+      at = tonumber(score) - interval
+      answer = at
     elseif kind == 'c' then
       local h = redis.call('HMGET', KEYS[i], 'p', 'c')
       local used, charged = tonumber(h[2]), nil
@@ -49,19 +48,26 @@ local function group(k, a, n, at)  -- KEYS before the group, its first ARGV, its
         charged = math.floor(at / w) * w
       end
       if used and (charged == nil or tonumber(h[1]) == charged) then
-        redis.call('HSET', KEYS[i], 'c', math.max(0, used + delta))
+        writes[#writes + 1] = {'HSET', KEYS[i], 'c', math.max(0, used + delta)}
       end
     else
       local tat = tonumber(redis.call('GET', KEYS[i]))
       if tat or delta > 0 then
         local new_tat = math.max(tat or now, now) + delta * interval
         if new_tat > now then
-          redis.call('SET', KEYS[i], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+          writes[#writes + 1] =
+            {'SET', KEYS[i], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1}
         else
-          redis.call('DEL', KEYS[i])
+          writes[#writes + 1] = {'DEL', KEYS[i]}
         end
       end
     end
+  end
+  if reservation then
+    redis.call('ZREM', KEYS[reservation], ARGV[a + 2 + (reservation - k - 1) * 3 + 2])
+  end
+  for _, write in ipairs(writes) do
+    redis.call(unpack(write))
   end
   return answer
 end
