@@ -165,7 +165,7 @@ class Modes:
                 before = self.redis.command_stats() if self.redis is not None else None
                 result = run_wrk(url, load, self.args.connections, self.args.duration)
                 main_after, other_after = gateway.thread_cpu_seconds()
-                if self.redis is not None and before is not None:
+                if before is not None:
                     ran = self.redis.command_stats() - before
                     calls = CallsPerRequest(ran, max(1, result.requests), script_commands())
                     self.calls[mode].append(calls.script_calls)

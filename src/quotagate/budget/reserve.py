@@ -32,9 +32,11 @@ def reserve(
     ctx.prompt_estimate = estimator.prompt_tokens(ctx.payload, ctx.endpoint.name, model)
     output = 0
     if ctx.endpoint.generates:
-        if ctx.max_tokens is None:  # the upstream is told the cap that was reserved
-            set_output_cap(ctx, default_max_tokens)
-        output = (ctx.max_tokens or default_max_tokens) * ctx.choices
+        cap = ctx.max_tokens
+        if cap is None:  # the upstream is told the cap that was reserved
+            cap = default_max_tokens
+            set_output_cap(ctx, cap)
+        output = cap * ctx.choices
     ctx.reserved_tokens = ctx.prompt_estimate + output
     ctx.reserved_micros = cost_micros(ctx.prompt_estimate, output, price)
 

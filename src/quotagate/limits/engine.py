@@ -252,9 +252,6 @@ class LimitEngine:
     async def get(self, key: str) -> bytes | None:
         return await self._bounded(self.store.get(key))
 
-    async def delete(self, key: str) -> None:
-        await self._bounded(self.store.delete(key))
-
     async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
         """The store's compare-and-set, bounded by a deadline; StoreUnavailable past it."""
         return await self._bounded(self.store.swap(key, expected, value, ttl))

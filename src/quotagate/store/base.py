@@ -133,8 +133,6 @@ class LimitStore(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
-    async def delete(self, key: str) -> None: ...
-
     async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
         """Replace ``key`` by ``value`` (delete it when None) unless it holds a value
         other than ``expected`` (then False); a missing or expired key is replaced."""

@@ -224,15 +224,12 @@ class MemoryStore:
         held = self._values.get(key)
         return held[0] if held is not None and held[1] > self._clock() else None
 
-    async def delete(self, key: str) -> None:
-        self._values.pop(key, None)
-
     async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
         held = await self.get(key)
         if held is not None and held != expected:
             return False
         if value is None:
-            await self.delete(key)
+            self._values.pop(key, None)
         else:
             await self.put(key, value, ttl)
         return True

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import hiredis
@@ -45,6 +45,7 @@ from quotagate.store.base import (
 )
 
 log = logging.getLogger(__name__)
+C = TypeVar("C", bound=AbstractConnection)
 _US = 1_000_000
 _POOL_SIZE = 64  # connections per gateway process (per node in a Cluster)
 _BATCH = 128  # settlements at most in one script call
@@ -110,27 +111,27 @@ def connect(url: str, timeout: float) -> Redis | RedisCluster:
     # in flight, so the pool never runs dry (measured: a BlockingConnectionPool's
     # condition variable cost ~15 µs CPU per command, a quarter of redis-py's total).
     pool = ConnectionPool.from_url(url, max_connections=_POOL_SIZE + 8, **common)
-    if str(pool.connection_kwargs.get("encoding", "utf-8")).lower() in ("utf-8", "utf8"):
-        # hiredis writes str as UTF-8 only; a URL's ?encoding=… keeps redis-py's packer
-        pool.connection_class = hiredis_packed(pool.connection_class)  # TCP, TLS, a socket
+    pool.connection_class = _packing(pool.connection_kwargs, pool.connection_class)
     return Redis(connection_pool=pool)
 
 
 def _pack_cluster_with_hiredis(cluster: RedisCluster) -> None:
     """The Cluster client takes no connection class: its nodes are made from the
     nodes manager's connection kwargs (the startup nodes already, the discovered ones
-    on initialize). Set there; a redis-py without those attributes keeps its packer."""
-    manager = getattr(cluster, "nodes_manager", None)
-    kwargs = getattr(manager, "connection_kwargs", None)
-    nodes = getattr(manager, "startup_nodes", None)
-    if not isinstance(kwargs, dict) or not isinstance(nodes, dict):
-        return
-    if str(kwargs.get("encoding", "utf-8")).lower() not in ("utf-8", "utf8"):
-        return
-    packed = hiredis_packed(kwargs.get("connection_class", Connection))
+    on initialize). Set there."""
+    kwargs = cluster.nodes_manager.connection_kwargs
+    packed = _packing(kwargs, kwargs.get("connection_class", Connection))
     kwargs["connection_class"] = packed
-    for node in nodes.values():
+    for node in cluster.nodes_manager.startup_nodes.values():
         node.connection_class = packed
+
+
+def _packing(kwargs: dict[str, Any], connection_class: type[C]) -> type[C]:
+    """``connection_class`` packing with hiredis, unless the connections encode str
+    otherwise than UTF-8 (a URL's ?encoding=…): hiredis writes UTF-8 only."""
+    if str(kwargs.get("encoding", "utf-8")).lower() not in ("utf-8", "utf8"):
+        return connection_class
+    return hiredis_packed(connection_class)
 
 
 class _HiredisPacking:
@@ -159,16 +160,16 @@ def _plain(arg: Any) -> Any:
     return bytes(arg) if isinstance(arg, bytearray | memoryview) else arg
 
 
-_PACKED: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+_PACKED: dict[type, type] = {}
 
 
-def hiredis_packed(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+def hiredis_packed(connection_class: type[C]) -> type[C]:
     """``connection_class`` packing its commands with hiredis (one subclass per class)."""
     packed = _PACKED.get(connection_class)
     if packed is None:
         name = f"Packed{connection_class.__name__}"
         packed = _PACKED[connection_class] = type(name, (_HiredisPacking, connection_class), {})
-    return packed
+    return cast(type[C], packed)
 
 
 def _fail(
@@ -195,7 +196,7 @@ def _counter_spec(check: CounterCheck) -> str:
     """A fixed window ``f:<µs>``, or the calendar periods ``c:<prev>:<start>:<end>:<next>``."""
     if check.window:
         return _window_spec(check.window)
-    return _calendar_spec(check.prev_start, check.start, check.end, check.next_end)
+    return _calendar_spec(check.calendar())
 
 
 @lru_cache(maxsize=256)
@@ -204,11 +205,10 @@ def _window_spec(window: float) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _calendar_spec(prev_start: float, start: float, end: float, next_end: float) -> str:
+def _calendar_spec(bounds: tuple[float, float, float, float]) -> str:
     # Cached: a period's bounds are the same for every request in it (a few zones and
     # periods per gateway), and formatting them was two admission and two settlement
     # specs a metered request.
-    bounds = CounterCheck("", 0, 0, 0.0, start, end, next_end, prev_start).calendar()
     return "c:" + ":".join(str(round(b * _US)) for b in bounds)
 
 
@@ -378,10 +378,10 @@ class RedisStore:
     def _sender_ended(self, sender: asyncio.Task[None]) -> None:
         """A sender that ended abnormally (even before it ran) answers those waiting,
         unless a new sender has taken over (this callback runs a turn after its end)."""
-        if not sender.cancelled() and (exc := sender.exception()) is not None:
+        if not sender.cancelled():
+            if (exc := sender.exception()) is None:
+                return  # it ran out of work
             log.error("redis: the settlement sender failed", exc_info=exc)
-        elif not sender.cancelled():
-            return
         if sender is not self._sender:
             return
         _fail(self._waiting, StoreUnavailable("redis: the settlement sender stopped"))
@@ -389,12 +389,7 @@ class RedisStore:
 
     async def _settle_group(self, keys: list[str], args: list[Any]) -> list[int]:
         self.settle_calls += 1
-        try:
-            async with self._slots:
-                answers = await self._adjust(keys=keys, args=args)
-        except Exception as exc:  # redis-py raises more than RedisError on broken links
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
-        return [int(a) for a in answers]
+        return [int(a) for a in await self._call(self._adjust, keys, args)]
 
     def _slot(self, key: str) -> int:
         return key_slot((self.prefix + key).encode()) if self.cluster else 0
@@ -458,20 +453,9 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
         return found if isinstance(found, bytes) else None
 
-    async def delete(self, key: str) -> None:
-        try:
-            async with self._slots:
-                await self.client.delete(self.prefix + key)
-        except Exception as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
-
     async def swap(self, key: str, expected: bytes, value: bytes | None, ttl: float) -> bool:
-        args: list[bytes | int] = [expected, value or b"", max(1, round(ttl * 1000))]
-        try:
-            async with self._slots:
-                return bool(await self._swap(keys=[self.prefix + key], args=args))
-        except Exception as exc:  # redis-py raises more than RedisError on broken links
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        args = [expected, value or b"", max(1, round(ttl * 1000))]
+        return bool(await self._call(self._swap, [self.prefix + key], args))
 
     async def ping(self) -> bool:
         try:

@@ -33,7 +33,7 @@ local function group(k, a, n, at)  -- KEYS before the group, its first ARGV, its
       if not score then
         return -1  -- the reservation was gone: its group stays as it is
       end
-      reservation = i
+      reservation = {KEYS[i], ARGV[j + 2]}
       at = tonumber(score) - interval
       answer = at
     elseif kind == 'c' then
@@ -64,7 +64,7 @@ local function group(k, a, n, at)  -- KEYS before the group, its first ARGV, its
     end
   end
   if reservation then
-    redis.call('ZREM', KEYS[reservation], ARGV[a + 2 + (reservation - k - 1) * 3 + 2])
+    redis.call('ZREM', reservation[1], reservation[2])
   end
   for _, write in ipairs(writes) do
     redis.call(unpack(write))
