@@ -13,10 +13,11 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import NamedTuple
 
 from quotagate.budget.pricing import format_money
 from quotagate.limits.policy import CompiledLimit
-from quotagate.store.base import CheckOutcome, CounterCheck
+from quotagate.store.base import Check, CheckOutcome, CounterCheck
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -47,42 +48,47 @@ def _iso_bytes(epoch: int) -> bytes:
     return _iso(epoch).encode()
 
 
-# unit → the (limit, remaining, reset) header names of the tightest quota in that unit.
-_NAMES = {
-    unit: tuple(
-        f"{'x-quotagate-budget' if unit == 'micros' else 'x-quotagate-quota'}-{what}"
-        f"{'' if unit == 'micros' else '-' + unit}".encode()
-        for what in ("limit", "remaining", "reset")
-    )
-    for unit in ("micros", "tokens", "requests")
-}
+_WHAT = ("limit", "remaining", "reset")
 
 
-def quota_groups(quotas: Sequence[CompiledLimit]) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """The quotas' positions by unit, units in order of first appearance: worked out
-    once per plan, for ``quota_headers``."""
+class QuotaGroup(NamedTuple):
+    """The quotas of one unit, whose tightest speaks for them in the headers."""
+
+    unit: str
+    names: tuple[bytes, bytes, bytes]  # the limit, remaining and reset headers
+    members: tuple[int, ...]  # positions in the request's checks
+
+
+def _names(unit: str) -> tuple[bytes, bytes, bytes]:
+    head = "x-quotagate-budget" if unit == "micros" else "x-quotagate-quota"
+    tail = "" if unit == "micros" else f"-{unit}"
+    limit, remaining, reset = (f"{head}-{what}{tail}".encode() for what in _WHAT)
+    return limit, remaining, reset
+
+
+def quota_groups(quotas: Sequence[CompiledLimit], first: int) -> tuple[QuotaGroup, ...]:
+    """The quotas (at positions ``first`` on in a request's checks) by unit, units in
+    order of first appearance: worked out once per plan, for ``quota_headers``."""
     units: dict[str, list[int]] = {}
-    for i, limit in enumerate(quotas):
+    for i, limit in enumerate(quotas, first):
         units.setdefault(limit.unit, []).append(i)
-    return tuple((unit, tuple(members)) for unit, members in units.items())
+    return tuple(QuotaGroup(unit, _names(unit), tuple(at)) for unit, at in units.items())
 
 
 def quota_headers(
-    groups: Sequence[tuple[str, Sequence[int]]],
-    checks: Sequence[CounterCheck],
-    outcomes: Sequence[CheckOutcome],
+    groups: Sequence[QuotaGroup], checks: Sequence[Check], outcomes: Sequence[CheckOutcome]
 ) -> Headers:
     """The tightest quota of each unit in ``groups`` (``quota_groups``) speaks for it."""
     headers: Headers = []
     now = time.time()
-    for unit, members in groups:
+    for unit, (limit_name, remaining_name, reset_name), members in groups:
         i = members[0]
         if len(members) > 1:
             i = min(members, key=lambda j: outcomes[j].remaining)
-        limit_name, remaining_name, reset_name = _NAMES[unit]
         outcome = outcomes[i]
+        check: CounterCheck = checks[i]  # type: ignore[assignment]
         headers += (
-            (limit_name, _amount_bytes(unit, checks[i].limit)),
+            (limit_name, _amount_bytes(unit, check.limit)),
             (remaining_name, _amount(unit, outcome.remaining).encode()),
             (reset_name, _iso_bytes(round(now + outcome.reset_after))),
         )

@@ -23,13 +23,15 @@ import dataclasses
 import fcntl
 import logging
 import os
+import sqlite3
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, NamedTuple, get_args
 
@@ -125,7 +127,7 @@ class LedgerWriter:
         write_timeout: float = 5.0,
     ) -> None:
         self._engine, self._spool_dir = engine, spool_dir
-        self._insert, self._row = _insert_statement(engine.dialect.name)
+        self._insert = _insert_statement(engine.dialect.name, batch_size)
         self._batch_size, self._max_queue = batch_size, max_queue
         self._flush_interval, self._retry_interval = flush_interval, retry_interval
         self._write_timeout = write_timeout
@@ -260,11 +262,19 @@ class LedgerWriter:
 
     async def _insert_rows(self, records: Sequence[LedgerRecord]) -> int:
         """Rows inserted (duplicates are not), or -1 when the driver does not say."""
-        row = self._row
+        insert = self._insert
+        row, chunk = insert.row, insert.chunk
         rows = [row(r) for r in records]
+        starts = range(0, len(rows) - len(rows) % chunk, chunk) if chunk else range(0)
+        rest = rows[len(starts) * chunk :]
+        counts = []
         async with asyncio.timeout(self._write_timeout), self._engine.begin() as conn:
-            result = await conn.exec_driver_sql(self._insert, rows)
-        return result.rowcount
+            for start in starts:
+                values = tuple(chain.from_iterable(rows[start : start + chunk]))
+                counts.append((await conn.exec_driver_sql(insert.chunked, values)).rowcount)
+            if rest:
+                counts.append((await conn.exec_driver_sql(insert.single, rest)).rowcount)
+        return -1 if min(counts) < 0 else sum(counts)
 
     def _enter_outage(self, exc: BaseException) -> None:
         self._down = True
@@ -377,19 +387,46 @@ class LedgerWriter:
         setattr(self._stats, outcome, getattr(self._stats, outcome) + n)
 
 
-def _insert_statement(dialect: str) -> tuple[str, Callable[[LedgerRecord], tuple[Any, ...]]]:
-    """The dialect's idempotent multi-row insert, handed to the driver's executemany
-    with plain tuples: SQLAlchemy's statement compilation and per-row type processing
-    cost ~3x the insert itself (``bench/ledger.py``), on the event loop's core."""
+class _Insert(NamedTuple):
+    """How the writer inserts a batch: ``chunk`` rows at a time with ``chunked`` (one
+    statement of that many rows), the rest with ``single`` through the driver's
+    executemany; ``row`` makes a record the driver's tuple."""
+
+    single: str
+    row: Callable[[LedgerRecord], tuple[Any, ...]]
+    chunk: int = 0  # 0: executemany only
+    chunked: str = ""
+
+
+def _insert_statement(dialect: str, batch_size: int) -> _Insert:
+    """The dialect's idempotent insert, handed to the driver with plain tuples:
+    SQLAlchemy's statement compilation and per-row type processing cost ~3x the insert
+    itself (``bench/ledger.py``), on the event loop's core. On SQLite a full batch goes
+    in multi-row statements: executemany steps (and hands the GIL over) once a row,
+    ~2 µs a row more (bench/RESULTS.md); asyncpg pipelines its executemany."""
     columns = ", ".join(COLUMNS)
     conflict = "ON CONFLICT (request_id) DO NOTHING"  # not OR IGNORE: that hides NOT NULL
+    head = f"INSERT INTO {ledger.name} ({columns}) VALUES"
     if dialect == "sqlite":
-        values = ", ".join("?" * len(COLUMNS))
-        return f"INSERT INTO {ledger.name} ({columns}) VALUES ({values}) {conflict}", _sqlite_row
+        values = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+        single = f"{head} {values} {conflict}"
+        chunk = min(batch_size, _sqlite_parameter_limit() // len(COLUMNS))
+        if chunk < 2:
+            return _Insert(single, _sqlite_row)
+        return _Insert(
+            single, _sqlite_row, chunk, f"{head} {', '.join([values] * chunk)} {conflict}"
+        )
     if dialect == "postgresql":
         values = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
-        return f"INSERT INTO {ledger.name} ({columns}) VALUES ({values}) {conflict}", _row
+        return _Insert(f"{head} ({values}) {conflict}", _row)
     raise ValueError(f"ledger: unsupported database {dialect!r}")
+
+
+def _sqlite_parameter_limit() -> int:
+    """The most parameters one statement may take in this SQLite build (999 before
+    3.32, 32,766 since, more where the build raised it)."""
+    with closing(sqlite3.connect(":memory:")) as probe:
+        return probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
 
 def _row(record: LedgerRecord) -> tuple[Any, ...]:  # created_at is the second field

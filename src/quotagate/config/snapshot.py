@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from quotagate.budget.estimate import Estimator, estimator_of
-from quotagate.budget.feedback import quota_groups
+from quotagate.budget.feedback import QuotaGroup, quota_groups
 from quotagate.config.schema import Plan, Policy
 from quotagate.limits.headers import policy_header
 from quotagate.limits.policy import CompiledLimit, compile_limit, compile_limits
@@ -31,11 +31,14 @@ class LimitSet:
     settled: tuple[int, ...]
     settled_units: tuple[str, ...]
     # The quotas' positions (after the rates) by unit, for their response headers.
-    quota_groups: tuple[tuple[str, tuple[int, ...]], ...]
+    quota_groups: tuple[QuotaGroup, ...]
+    alerted: tuple[int, ...]  # positions of the quotas with alert thresholds
+    token_rates: tuple[int, ...]  # positions of the rate limits in tokens (TPM)
 
     @classmethod
     def of(cls, rates: tuple[CompiledLimit, ...], quotas: Iterable[CompiledLimit]) -> LimitSet:
-        limits = rates + tuple(quotas)
+        quotas = tuple(quotas)
+        limits = rates + quotas
         settled = tuple(
             i
             for i, limit in enumerate(limits)
@@ -50,7 +53,9 @@ class LimitSet:
             len(limits) > len(rates),
             settled,
             tuple(limits[i].unit for i in settled),
-            quota_groups(limits[len(rates) :]),
+            quota_groups(quotas, len(rates)),
+            tuple(i for i, limit in enumerate(quotas, len(rates)) if limit.alerts),
+            tuple(i for i, limit in enumerate(rates) if limit.unit == "tokens"),
         )
 
     def settled_checks(self, checks: Sequence[Check]) -> list[Adjustable]:

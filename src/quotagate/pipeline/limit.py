@@ -115,8 +115,9 @@ class Limit:
         assert p is not None and ctx.target is not None
         if limits.metered:
             reserve(ctx, plan.default_max_tokens, self._policy.snapshot.estimator)
-            for limit in limits.limits[: limits.rates]:
-                if limit.unit == "tokens" and ctx.reserved_tokens > limit.capacity:
+            for i in limits.token_rates:
+                limit = limits.limits[i]
+                if ctx.reserved_tokens > limit.capacity:
                     raise too_large(limit.name, limit.capacity, ctx)
         unique = new_id()  # lease / log entry id: never the client's request id
         values = scope_values(ctx)
@@ -250,12 +251,10 @@ class Limit:
             _rate_headers(into, limits, outcomes, -1, self._scale(plan))
         if not limits.has_quotas:
             return
-        n, count = limits.rates, len(limits.limits)
-        quotas = limits.limits[n:count]
-        counters: Sequence[CounterCheck] = checks[n:count]  # type: ignore[assignment]
-        outcomes = outcomes[n:count]
-        into += quota_headers(limits.quota_groups, counters, outcomes)
-        for limit, check, outcome in zip(quotas, counters, outcomes, strict=True):
+        into += quota_headers(limits.quota_groups, checks, outcomes)
+        for i in limits.alerted:
+            limit, check, outcome = limits.limits[i], checks[i], outcomes[i]
+            assert isinstance(check, CounterCheck)
             reached = crossed(limit, check, outcome)
             if reached is None:
                 continue

@@ -86,12 +86,13 @@ async def table_renamed_away(engine: AsyncEngine) -> AsyncIterator[None]:
 
 @contextmanager
 def count_inserts(engine: AsyncEngine) -> Iterator[list[int]]:
-    """The number of parameter sets of each INSERT INTO qg_ledger the engine sends."""
+    """The number of rows of each INSERT INTO qg_ledger the engine sends: parameter sets
+    of an executemany, or the rows of one multi-row statement."""
     sent: list[int] = []
 
     def before(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool) -> None:
         if statement.startswith("INSERT INTO qg_ledger"):
-            sent.append(len(params) if many else 1)
+            sent.append(len(params) if many else len(params) // len(COLUMNS))
 
     event.listen(engine.sync_engine, "before_cursor_execute", before)
     try:
@@ -159,6 +160,30 @@ async def test_the_same_request_id_is_stored_once(db: Database, spool: Path) -> 
     assert [tuple(r) for r in rows] == [("dup", 1)]
     if db.engine.dialect.name == "sqlite":  # asyncpg's executemany reports no row count
         assert writer.stats.duplicates == 2
+
+
+async def test_a_batch_past_sqlites_parameter_limit_goes_in_several_statements(
+    tmp_path: Path, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a batch goes in statements of as many rows as the build's parameter
+    limit allows, the odd rows after them one by one; duplicates among them are
+    stored once and counted."""
+    monkeypatch.setattr("quotagate.budget.ledger._sqlite_parameter_limit", lambda: 3 * 19 + 5)
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/chunks.db")
+    await database.create_schema()
+    try:
+        writer = LedgerWriter(database.engine, spool, batch_size=10, flush_interval=60)
+        await writer.start()
+        batch = [*records("c", 8), record("c-00001"), record("c-00007")]
+        with count_inserts(database.engine) as sent:
+            for rec in batch:
+                writer.submit(rec)
+            await writer.close()
+        assert sent == [3, 3, 3, 1]
+        assert sorted(await stored_ids(database.engine)) == [r.request_id for r in batch[:8]]
+        assert (writer.stats.written, writer.stats.duplicates) == (10, 2)
+    finally:
+        await database.close()
 
 
 async def test_close_writes_everything_queued(db: Database, spool: Path) -> None:
