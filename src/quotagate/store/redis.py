@@ -311,8 +311,12 @@ class RedisStore:
         self, reservation: ReservationCheck, checks: Sequence[Adjustable], deltas: Sequence[int]
     ) -> bool:
         key = self.prefix + reservation.key
-        slot = key_slot(key.encode()) if self.cluster else 0
-        own = [i for i, c in enumerate(checks) if self._slot(c.key) == slot]
+        own: Sequence[int]
+        if self.cluster:  # the checks in the reservation's slot go with it
+            slot = key_slot(key.encode())
+            own = [i for i, c in enumerate(checks) if self._slot(c.key) == slot]
+        else:
+            own = range(len(checks))
         keys = [key] + [self.prefix + checks[i].key for i in own]
         args: list[Any] = [len(keys), "", "r", round(reservation.ttl * _US), reservation.member]
         args += [a for i in own for a in _adjust_args(checks[i], deltas[i])]
@@ -323,7 +327,7 @@ class RedisStore:
         if admitted_at == _FAILED:  # its own group failed; the others in its call did not
             raise StoreUnavailable("redis: adjust.lua failed on this settlement")
         settled = admitted_at != -1
-        rest = [i for i in range(len(checks)) if i not in own]
+        rest = [i for i in range(len(checks)) if i not in own] if self.cluster else []
         if settled and rest:  # other slots (global scopes in a Cluster): a second call,
             # at the admission's instant, so that a correction keeps to its period
             rest_checks, rest_deltas = [checks[i] for i in rest], [deltas[i] for i in rest]
