@@ -262,6 +262,8 @@ class LedgerWriter:
 
     async def _insert_rows(self, records: Sequence[LedgerRecord]) -> int:
         """Rows inserted (duplicates are not), or -1 when the driver does not say."""
+        if not records:  # a spool chunk of torn lines only: no statement takes no rows
+            return 0
         insert = self._insert
         row, chunk = insert.row, insert.chunk
         rows = [row(r) for r in records]

@@ -295,6 +295,26 @@ async def test_a_spool_left_by_a_crashed_process_is_replayed_on_start(
     assert list(spool.glob(SPOOL_GLOB)) == []
 
 
+async def test_a_spool_file_of_torn_lines_only_is_dropped_not_an_outage(
+    db: Database, spool: Path
+) -> None:
+    """A crash in the middle of a spool file's first record leaves nothing readable:
+    the file is skipped with a warning and removed, and the database is not taken to
+    be down (a batch of no rows sent to it failed, and its every batch was spooled)."""
+    spool.mkdir()
+    torn = spool / "ledger-1-111-000001.jsonl"
+    torn.write_bytes(b'{"request_id": "crash-torn", "created_')
+    writer = LedgerWriter(db.engine, spool, flush_interval=0.02, retry_interval=0.05)
+    await writer.start()
+    await eventually(lambda: not torn.exists())
+    writer.submit(record("after"))
+    await eventually(lambda: writer.stats.written == 1)
+    down = writer._down
+    await writer.close()
+    assert await stored_ids(db.engine) == ["after"]
+    assert writer.stats.spooled == 0 and not down
+
+
 HOLD_LOCK = """
 import fcntl, sys
 with open(sys.argv[1], "rb") as f:
